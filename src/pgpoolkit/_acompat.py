@@ -1,0 +1,168 @@
+"""The concurrency primitives of the two I/O shells, under matching names.
+
+The asyncio shell (``aio/``) is the source; ``tools/async_to_sync.py`` writes the threaded shell
+from it by dropping ``async``/``await`` and renaming ``AWaiter`` -> ``Waiter``, ``aspawn`` ->
+``spawn`` and so on. Each pair below does the same job with its own machinery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, Generic, TypeVar
+
+from ._core import Slot
+
+T = TypeVar("T")
+
+Worker = threading.Thread
+AWorker = asyncio.Task[None]
+
+
+class Waiter(Generic[T]):
+    """A queued request in the threaded pool: a lock held until the pool wakes it."""
+
+    __slots__ = ("_lock", "error", "slot")
+
+    def __init__(self) -> None:
+        self.slot: Slot[T] | None = None
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def wake(self) -> None:
+        self._lock.release()
+
+    def wait(self, timeout: float) -> bool:
+        """Block until woken (True) or the timeout passes (False)."""
+        return self._lock.acquire(timeout=max(timeout, 0.0))
+
+
+class AWaiter(Generic[T]):
+    """A queued request in the asyncio pool: a future the pool resolves."""
+
+    __slots__ = ("_future", "error", "slot")
+
+    def __init__(self) -> None:
+        self.slot: Slot[T] | None = None
+        self.error: BaseException | None = None
+        self._future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def wake(self) -> None:
+        if not self._future.done():
+            self._future.set_result(None)
+
+    async def wait(self, timeout: float) -> bool:
+        """Wait until woken (True) or the timeout passes (False)."""
+        try:
+            await asyncio.wait_for(self._future, max(timeout, 0.0))
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+
+class Event:
+    """A flag a background worker sleeps on, so that close() can wake it at once."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait_timeout(self, timeout: float) -> bool:
+        """Sleep until set (True) or the timeout passes (False)."""
+        return self._event.wait(max(timeout, 0.0))
+
+
+class AEvent:
+    """A flag a background task sleeps on, so that close() can wake it at once."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def clear(self) -> None:
+        self._event.clear()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    async def wait_timeout(self, timeout: float) -> bool:
+        """Sleep until set (True) or the timeout passes (False)."""
+        try:
+            await asyncio.wait_for(self._event.wait(), max(timeout, 0.0))
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+
+Lock = threading.Lock
+
+
+class ALock:
+    """The asyncio pool's lock: nothing, as the core is only called from the event loop's
+    thread and no call into it awaits."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def spawn(workers: set[Worker], func: Callable[..., None], *args: Any, name: str) -> None:
+    """Run ``func(*args)`` in a daemon thread (it never keeps the interpreter from exiting),
+    listed in ``workers`` while it runs."""
+
+    def run() -> None:
+        try:
+            func(*args)
+        finally:
+            workers.discard(thread)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    workers.add(thread)
+    thread.start()
+
+
+def aspawn(
+    workers: set[AWorker], func: Callable[..., Coroutine[Any, Any, None]], *args: Any, name: str
+) -> None:
+    """Run ``func(*args)`` as a task, listed in ``workers`` while it runs."""
+    task = asyncio.get_running_loop().create_task(func(*args), name=name)
+    workers.add(task)
+    task.add_done_callback(workers.discard)
+
+
+def gather(workers: Iterable[Worker], timeout: float) -> None:
+    """Wait up to ``timeout`` seconds in all for the workers to end."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    current = threading.current_thread()
+    for worker in workers:
+        if worker is not current:
+            worker.join(max(0.0, deadline - time.monotonic()))
+
+
+async def agather(workers: Iterable[AWorker], timeout: float) -> None:
+    """Wait up to ``timeout`` seconds in all for the tasks to end; cancel those still running."""
+    current = asyncio.current_task()
+    pending = [w for w in workers if w is not current and not w.done()]
+    if not pending:
+        return
+    _, still = await asyncio.wait(pending, timeout=timeout)
+    for task in still:
+        task.cancel()

@@ -1,0 +1,580 @@
+"""AsyncPool: the asyncio shell around the pool core.
+
+``pgpoolkit/pool.py`` is generated from ``pgpoolkit/aio/pool.py`` by
+``tools/async_to_sync.py``: edit the aio one. Every decision is taken by ``PoolCore``
+(``_core.py``); this shell only connects, cleans, closes and wakes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from inspect import isawaitable  # async-only
+from time import monotonic
+from types import TracebackType
+from typing import Any
+
+from psycopg import AsyncConnection  # sync: from psycopg import Connection
+from psycopg import errors as e
+from psycopg.pq import TransactionStatus
+
+from .._acompat import AEvent, ALock, AWaiter, AWorker, agather, aspawn
+from .._config import (
+    PoolConfig,
+    check_callback,
+    check_conninfo,
+    check_kwargs,
+    check_timeout,
+    make_config,
+    resolve,
+    resolve_kwargs,
+)
+from .._core import PoolCore, Slot
+from .._probe import is_alive, make_probe
+from ..errors import PoolTimeout
+from ..policies import Policy
+from ..stats import PoolStats
+from .connection import AsyncPooledConnection
+
+__all__ = ["AsyncPool"]
+
+OPEN_IN_CONSTRUCTOR = (  # async-only
+    "AsyncPool(open=True) can't open in the constructor: "  # async-only
+    "use 'async with AsyncPool(...) as pool' or 'await pool.open()'"  # async-only
+)  # async-only
+
+logger = logging.getLogger("pgpoolkit")
+
+_IDLE = TransactionStatus.IDLE
+_INTRANS = TransactionStatus.INTRANS
+_INERROR = TransactionStatus.INERROR
+
+#: configure, check and reset: called with a connection (coroutine functions in AsyncPool)
+ConnectionCallback = Callable[[AsyncConnection[Any]], Awaitable[None]]
+#: reconnect_failed: called with the pool (a function or a coroutine function in AsyncPool)
+ReconnectFailedCallback = Callable[["AsyncPool"], Any]
+
+
+class AsyncPool:
+    """A pool of PostgreSQL server connections shared by many clients (asyncio).
+
+    The constructor takes psycopg_pool's parameters under psycopg_pool's names, plus ``mode``.
+    Use it as an async context manager, or call :meth:`open` and :meth:`close`::
+
+        async with AsyncPool("dbname=app", max_size=10) as pool:
+            async with pool.connection() as conn:
+                await conn.execute("SELECT 1")
+
+    ``conninfo`` and ``kwargs`` may be callables returning them, called at every new
+    connection (for rotating credentials). ``configure(conn)`` runs on every new connection,
+    ``check(conn)`` on every checkout (raise to have the connection replaced), ``reset(conn)``
+    on every return after the rollback; they are coroutine functions here.
+    """
+
+    def __init__(
+        self,
+        conninfo: str | Callable[[], str] = "",
+        *,
+        open: bool | None = None,
+        connection_class: type[AsyncConnection[Any]] = AsyncConnection,
+        kwargs: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
+        min_size: int = 4,
+        max_size: int | None = None,
+        name: str | None = None,
+        mode: str | Policy = "session",
+        timeout: float = 30.0,
+        max_waiting: int = 0,
+        max_lifetime: float = 60 * 60.0,
+        max_idle: float = 10 * 60.0,
+        reconnect_timeout: float = 5 * 60.0,
+        reconnect_failed: ReconnectFailedCallback | None = None,
+        configure: ConnectionCallback | None = None,
+        check: ConnectionCallback | None = None,
+        reset: ConnectionCallback | None = None,
+    ) -> None:
+        check_conninfo(conninfo)
+        check_kwargs(kwargs)
+        for cb_name, cb in (
+            ("reconnect_failed", reconnect_failed),
+            ("configure", configure),
+            ("check", check),
+            ("reset", reset),
+        ):
+            check_callback(cb_name, cb)
+        self._config: PoolConfig = make_config(
+            name=name,
+            mode=mode,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=timeout,
+            max_waiting=max_waiting,
+            max_lifetime=max_lifetime,
+            max_idle=max_idle,
+            reconnect_timeout=reconnect_timeout,
+        )
+        self.conninfo = conninfo
+        self.kwargs = kwargs
+        self.connection_class = connection_class
+        self.policy: Policy = self._config.policy
+        self._configure = configure
+        self._check = check
+        self._reset = reset
+        self._reconnect_failed = reconnect_failed
+
+        self._core: PoolCore[AsyncConnection[Any]] = PoolCore(self._config)
+        self._lock = ALock()
+        self._workers: set[AWorker] = set()
+        self._closing = AEvent()
+        self._ready = AEvent()
+
+        if open:  # sync: if open or open is None:
+            raise TypeError(OPEN_IN_CONSTRUCTOR)  # sync: self.open()
+
+    # -- properties -----------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        """The pool's name, used in logs, errors and stats."""
+        return self._config.name
+
+    @property
+    def min_size(self) -> int:
+        return self._core.min_size
+
+    @property
+    def max_size(self) -> int:
+        return self._core.max_size
+
+    @property
+    def timeout(self) -> float:
+        """Default seconds a checkout waits before PoolTimeout."""
+        return self._config.timeout
+
+    @property
+    def closed(self) -> bool:
+        """True until the pool is opened, and again once it is closed."""
+        return self._core.closed or not self._core.opened
+
+    def __repr__(self) -> str:
+        # the conninfo may hold a password: it never appears here
+        state = "closed" if self._core.closed else "open" if self._core.opened else "not open"
+        return (
+            f"<{type(self).__name__} {self.name!r} mode={self.policy.name} "
+            f"size={self._core.size}/{self._core.max_size} {state} at 0x{id(self):x}>"
+        )
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    async def open(self, wait: bool = False, timeout: float = 30.0) -> None:
+        """Start the pool: fill it to min_size in the background.
+
+        With ``wait=True``, return only when min_size connections are open, or raise
+        PoolTimeout (and close the pool) after ``timeout`` seconds. Opening an open pool does
+        nothing; a closed pool cannot be opened again.
+        """
+        with self._lock:
+            if self._core.opened and not self._core.closed:
+                return
+            self._core.open()
+            if self._core.ready:
+                self._ready.set()
+        aspawn(self._workers, self._maintenance_worker, name=f"{self.name}-maintenance")
+        await self._do_work()
+        if wait:
+            await self.wait(timeout)
+
+    async def wait(self, timeout: float = 30.0) -> None:
+        """Wait until min_size connections are open; on timeout close the pool and raise
+        PoolTimeout (as psycopg_pool does)."""
+        check_timeout(timeout)
+        if not await self._ready.wait_timeout(timeout):
+            with self._lock:
+                state = self._core.describe()
+            await self.close()
+            raise PoolTimeout(
+                f"pool {self.name!r} was not ready after {timeout:.1f} s "
+                f"(min_size={self._core.min_size}): {state}"
+            )
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Close the pool.
+
+        Waiting requests fail at once with PoolClosed; idle connections close now; connections
+        in use close when they are returned. Waits up to ``timeout`` seconds for the background
+        workers to end.
+        """
+        with self._lock:
+            if self._core.closed:
+                return
+            for waiter in self._core.close():
+                waiter.wake()
+        self._closing.set()
+        await self._do_work()
+        await agather(list(self._workers), timeout)
+
+    async def __aenter__(self) -> AsyncPool:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def resize(self, min_size: int, max_size: int | None = None) -> None:
+        """Change min_size and max_size while the pool runs."""
+        config = make_config(
+            name=self.name,
+            mode=self.policy,
+            min_size=min_size,
+            max_size=max_size,
+            timeout=self._config.timeout,
+            max_waiting=self._core.max_waiting,
+            max_lifetime=self._core.max_lifetime,
+            max_idle=self._core.max_idle,
+            reconnect_timeout=self._core.reconnect_timeout,
+        )
+        with self._lock:
+            self._core.resize(config.min_size, config.max_size)
+        await self._do_work()
+
+    async def drain(self) -> None:
+        """Replace every connection with a new one (after a password rotation, a failover):
+        idle connections close now, those in use when they are returned."""
+        with self._lock:
+            self._core.drain()
+        await self._do_work()
+
+    async def check(self) -> None:
+        """Check every idle connection now with a round trip; replace those that fail."""
+        with self._lock:
+            slots = self._core.take_idle(monotonic())
+        for slot in slots:
+            try:
+                await self.check_connection(slot.conn)
+            except Exception:
+                with self._lock:
+                    self._core.lost(slot)
+            else:
+                with self._lock:
+                    self._core.checkin(slot, monotonic(), True)
+        await self._do_work()
+
+    @staticmethod
+    async def check_connection(conn: AsyncConnection[Any]) -> None:
+        """A ``check`` callback that runs an empty query (a round trip, no work)."""
+        if conn.autocommit:
+            await conn.execute("")
+        else:
+            await conn.set_autocommit(True)
+            try:
+                await conn.execute("")
+            finally:
+                await conn.set_autocommit(False)
+
+    # -- checkout and return ----------------------------------------------------------------------
+
+    def connection(self, timeout: float | None = None) -> _AsyncConnectionContext:
+        """A pooled connection for an ``async with`` block: committed at the end of the block,
+        rolled back if it raises, then returned to the pool."""
+        return _AsyncConnectionContext(self, timeout)
+
+    async def connect(self, timeout: float | None = None) -> AsyncPooledConnection:
+        """A pooled connection (a client), with psycopg AsyncConnection's API, held until its
+        ``close()``: a drop-in for ``psycopg.AsyncConnection.connect()``."""
+        slot = await self._acquire(timeout)
+        return AsyncPooledConnection(self, slot)
+
+    async def getconn(self, timeout: float | None = None) -> AsyncConnection[Any]:
+        """Check out a raw psycopg connection; give it back with :meth:`putconn`
+        (psycopg_pool's low-level API)."""
+        return (await self._acquire(timeout)).conn
+
+    async def putconn(self, conn: AsyncConnection[Any]) -> None:
+        """Give back a connection from :meth:`getconn`: rolled back if a transaction is open,
+        reset, and reused, or closed if it is broken."""
+        slot = self._core.slots.get(conn)
+        if slot is None or not slot.out:
+            raise ValueError(
+                f"can't return connection {conn!r} to pool {self.name!r}: the pool did not hand "
+                "it out, or it was returned already"
+            )
+        await self._release(slot)
+
+    async def _acquire(self, timeout: float | None) -> Slot[AsyncConnection[Any]]:
+        """Check out a live connection: from the idle stack, or by waiting in the queue."""
+        core = self._core
+        t0 = monotonic()
+        while True:
+            with self._lock:
+                slot = core.checkout(t0)
+                if slot is None:
+                    waiter: AWaiter[AsyncConnection[Any]] = AWaiter()
+                    core.enqueue(waiter)
+            if core.work:
+                await self._do_work()
+            if slot is None:
+                slot = await self._wait(waiter, t0, timeout)
+            if is_alive(slot.conn, slot.probe) and (
+                self._check is None or await self._passes_check(slot)
+            ):
+                return slot
+            with self._lock:
+                core.lost(slot)
+            await self._do_work()
+            if timeout is not None:
+                timeout -= monotonic() - t0
+            t0 = monotonic()
+
+    async def _wait(
+        self, waiter: AWaiter[AsyncConnection[Any]], t0: float, timeout: float | None
+    ) -> Slot[AsyncConnection[Any]]:
+        if timeout is None:
+            timeout = self._config.timeout
+        try:
+            woken = await waiter.wait(timeout)
+        except BaseException:  # cancelled: give back what may have been handed over meanwhile
+            with self._lock:
+                slot = self._core.abandon(waiter, timed_out=False)
+                if slot is not None:
+                    self._core.checkin(slot, monotonic(), True)
+            raise
+        with self._lock:
+            self._core.waited(monotonic() - t0)
+            if waiter.error is not None:
+                raise waiter.error
+            slot = waiter.slot if woken else self._core.abandon(waiter, timed_out=True)
+            if slot is not None:
+                return slot
+            state = self._core.describe()
+        raise PoolTimeout(
+            f"pool {self.name!r} could not give a connection after waiting {timeout:.1f} s: {state}"
+        )
+
+    async def _passes_check(self, slot: Slot[AsyncConnection[Any]]) -> bool:
+        assert self._check is not None
+        try:
+            await self._check(slot.conn)
+        except Exception as ex:
+            logger.warning("pool %r: connection failed its check, replacing it: %s", self.name, ex)
+            return False
+        return True
+
+    async def _release(self, slot: Slot[AsyncConnection[Any]]) -> None:
+        reusable = await self._clean(slot)
+        with self._lock:
+            self._core.checkin(slot, monotonic(), reusable)
+        if self._core.work:
+            await self._do_work()
+
+    async def _clean(self, slot: Slot[AsyncConnection[Any]]) -> bool:
+        """Make a returned connection fit for the next client; False if it must be closed."""
+        conn = slot.conn
+        status = conn.pgconn.transaction_status
+        if status != _IDLE:
+            if status != _INTRANS and status != _INERROR:  # busy (ACTIVE) or broken
+                return False
+            try:
+                await conn.rollback()
+            except Exception as ex:
+                logger.warning("pool %r: rollback on return failed: %s", self.name, ex)
+                return False
+        defaults = slot.defaults
+        try:
+            if conn.autocommit is not defaults[0]:
+                await conn.set_autocommit(defaults[0])
+            if conn.isolation_level is not defaults[1]:
+                await conn.set_isolation_level(defaults[1])
+            if conn.read_only is not defaults[2]:
+                await conn.set_read_only(defaults[2])
+            if conn.deferrable is not defaults[3]:
+                await conn.set_deferrable(defaults[3])
+        except Exception as ex:  # e.g. a transaction() block still open: can't reuse it
+            logger.warning("pool %r: could not restore connection settings: %s", self.name, ex)
+            return False
+        if self._reset is not None:
+            try:
+                await self._reset(conn)
+            except Exception as ex:
+                logger.warning("pool %r: reset failed, discarding connection: %s", self.name, ex)
+                return False
+            if conn.pgconn.transaction_status != _IDLE:
+                logger.warning("pool %r: reset left a transaction open, discarding", self.name)
+                return False
+        return True
+
+    # -- background work ------------------------------------------------------------------------
+
+    async def _do_work(self) -> None:
+        """Carry out what the core decided: close connections, start connection attempts."""
+        with self._lock:
+            to_close, attempts = self._core.take_work()
+        for _ in range(attempts):
+            aspawn(self._workers, self._connect_worker, name=f"{self.name}-connect")
+        for conn in to_close:
+            await self._close_connection(conn)
+
+    async def _close_connection(self, conn: AsyncConnection[Any]) -> None:
+        conn._pool = None  # so that psycopg really closes it
+        try:
+            await conn.close()
+        except Exception as ex:  # closing a broken connection: nothing left to do
+            logger.debug("pool %r: error closing a connection: %s", self.name, ex)
+
+    async def _connect_worker(self) -> None:
+        """Open one connection, retrying with backoff while the server is unreachable."""
+        attempt = 0
+        while True:
+            t0 = monotonic()
+            try:
+                conn = await self._connect()
+            except Exception as ex:
+                now = monotonic()
+                with self._lock:
+                    delay = self._core.connect_failed(now, _describe_error(ex), attempt)
+                    gave_up = delay is not None and self._core.retry_gave_up(now)
+                if attempt == 0:
+                    logger.warning("pool %r: connection attempt failed: %s", self.name, ex)
+                if gave_up:
+                    await self._call_reconnect_failed()
+                if delay is None:
+                    await self._do_work()
+                    return
+                if await self._closing.wait_timeout(delay):
+                    with self._lock:
+                        self._core.attempt_abandoned()
+                    return
+                attempt += 1
+                continue
+            now = monotonic()
+            with self._lock:
+                slot = self._core.new_slot(conn, now, now - t0)
+                slot.probe = make_probe(conn)
+                slot.defaults = (
+                    conn.autocommit,
+                    conn.isolation_level,
+                    conn.read_only,
+                    conn.deferrable,
+                )
+                self._core.place(slot, now)
+                if self._core.ready:
+                    self._ready.set()
+            await self._do_work()
+            return
+
+    async def _connect(self) -> AsyncConnection[Any]:
+        conn = await self.connection_class.connect(
+            resolve(self.conninfo), **resolve_kwargs(self.kwargs)
+        )
+        try:
+            if self._configure is not None:
+                await self._configure(conn)
+                if conn.pgconn.transaction_status != _IDLE:
+                    raise e.ProgrammingError(
+                        f"configure left the connection in status "
+                        f"{TransactionStatus(conn.pgconn.transaction_status).name}: "
+                        "commit or roll back in configure"
+                    )
+        except BaseException:
+            await conn.close()
+            raise
+        conn._pool = self  # type: ignore[assignment]  # psycopg: 'with conn' won't close it
+        return conn
+
+    async def _call_reconnect_failed(self) -> None:
+        logger.error(
+            "pool %r: could not connect for reconnect_timeout=%.1f s; still retrying",
+            self.name,
+            self._core.reconnect_timeout,
+        )
+        if self._reconnect_failed is None:
+            return
+        try:
+            result = self._reconnect_failed(self)  # sync: self._reconnect_failed(self)
+            if isawaitable(result):  # async-only
+                await result  # async-only
+        except Exception as ex:
+            logger.warning("pool %r: reconnect_failed callback raised: %s", self.name, ex)
+
+    async def _maintenance_worker(self) -> None:
+        """Expire idle and old connections and keep min_size, until the pool closes."""
+        delay = 0.0
+        while not await self._closing.wait_timeout(delay):
+            with self._lock:
+                delay = self._core.maintain(monotonic())
+            await self._do_work()
+
+    # -- stats ----------------------------------------------------------------------------------
+
+    def stats(self) -> PoolStats:
+        """Live figures: gauges of now and counters since creation."""
+        core = self._core
+        with self._lock:
+            return PoolStats(
+                name=self.name,
+                mode=self.policy.name,
+                min_size=core.min_size,
+                max_size=core.max_size,
+                clients_active=core.in_use,
+                clients_waiting=len(core.waiters),
+                servers_active=core.in_use,
+                servers_idle=len(core.idle),
+                servers_connecting=core.connecting,
+                requests_total=core.requests,
+                requests_queued_total=core.requests_queued,
+                wait_ms_total=round(core.wait_ms),
+                timeouts_total=core.timeouts,
+                rejected_total=core.rejected,
+                usage_ms_total=round(core.usage_ms),
+                connections_opened_total=core.connections_opened,
+                connections_failed_total=core.connections_failed,
+                connect_ms_total=round(core.connect_ms),
+                connections_lost_total=core.connections_lost,
+                connections_closed_total=core.connections_closed,
+                returns_bad_total=core.returns_bad,
+            )
+
+    def get_stats(self) -> dict[str, int]:
+        """The stats with psycopg_pool's keys."""
+        return self.stats().psycopg_pool_dict()
+
+    def pop_stats(self) -> dict[str, int]:
+        """The stats with psycopg_pool's keys, then reset the counters."""
+        stats = self.get_stats()
+        with self._lock:
+            self._core.reset_counters()
+        return stats
+
+
+class _AsyncConnectionContext:
+    """What ``pool.connection()`` returns: checks out on enter, commits or rolls back and
+    returns on exit."""
+
+    __slots__ = ("_conn", "_pool", "_timeout")
+
+    def __init__(self, pool: AsyncPool, timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._conn: AsyncPooledConnection | None = None
+
+    async def __aenter__(self) -> AsyncPooledConnection:
+        self._conn = await self._pool.connect(self._timeout)
+        return self._conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        assert self._conn is not None
+        await self._conn.__aexit__(exc_type, exc_val, exc_tb)
+
+
+def _describe_error(ex: BaseException) -> str:
+    # libpq's messages name host, port and user, never the password
+    text = str(ex).strip().replace("\n", " ")
+    return f"{type(ex).__name__}: {text}" if text else type(ex).__name__

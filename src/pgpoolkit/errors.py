@@ -1,0 +1,46 @@
+"""Exceptions raised by pgpoolkit.
+
+The pool errors subclass :class:`psycopg.OperationalError`, as psycopg_pool's do, so code that
+already catches psycopg's operational errors (retry loops, web frameworks' error pages) keeps
+working when it moves to pgpoolkit.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+__all__ = [
+    "PolicyViolation",
+    "PoolClosed",
+    "PoolError",
+    "PoolTimeout",
+    "TooManyRequests",
+]
+
+
+class PoolError(psycopg.OperationalError):
+    """Base class of the errors raised by a pgpoolkit pool."""
+
+
+class PoolTimeout(PoolError):
+    """No server connection became available within the timeout.
+
+    The message carries the pool's state when the wait ended (in use, idle, waiting, connecting)
+    and the last connection error, if any: enough to tell an undersized pool from an unreachable
+    server.
+    """
+
+
+class PoolClosed(PoolError):
+    """The pool is closed, or not open yet, so it cannot hand out connections."""
+
+
+class TooManyRequests(PoolError):
+    """The wait queue is full (``max_waiting``): the request was refused without waiting."""
+
+
+class PolicyViolation(PoolError):
+    """The client did something its pooling mode cannot support.
+
+    The message names the mode and what to do instead.
+    """

@@ -1,0 +1,98 @@
+"""Live figures of a pool, in PgBouncer's vocabulary (clients and servers).
+
+:meth:`Pool.stats` returns a :class:`PoolStats`; :meth:`Pool.get_stats` returns the same figures
+as a dict with psycopg_pool's keys, so dashboards built for psycopg_pool keep working.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+__all__ = ["PoolStats"]
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    """A snapshot of a pool's state and its counters since it was created.
+
+    Gauges describe the moment of the call; ``*_total`` counters only grow (until
+    :meth:`Pool.pop_stats` resets them); times are in milliseconds.
+    """
+
+    name: str
+    mode: str
+    min_size: int
+    max_size: int
+
+    #: clients holding a server connection now (checked out)
+    clients_active: int
+    #: clients queued for a server connection now
+    clients_waiting: int
+    #: server connections handed out now
+    servers_active: int
+    #: server connections open and ready in the pool
+    servers_idle: int
+    #: connection attempts in progress
+    servers_connecting: int
+
+    #: checkout requests served or refused
+    requests_total: int
+    #: requests that had to wait in the queue
+    requests_queued_total: int
+    #: total time spent waiting in the queue
+    wait_ms_total: int
+    #: requests that ended with PoolTimeout
+    timeouts_total: int
+    #: requests refused because the queue was full (TooManyRequests)
+    rejected_total: int
+    #: total time connections spent checked out
+    usage_ms_total: int
+
+    #: server connections opened successfully
+    connections_opened_total: int
+    #: connection attempts that failed
+    connections_failed_total: int
+    #: total time spent opening connections (successful attempts)
+    connect_ms_total: int
+    #: connections found dead (closed by the server or broken) and thrown away
+    connections_lost_total: int
+    #: connections closed by the pool (expired, idle, resized, drained, bad on return)
+    connections_closed_total: int
+    #: connections returned broken or busy, and discarded
+    returns_bad_total: int
+
+    @property
+    def servers_total(self) -> int:
+        """Server connections open or being opened: never above ``max_size``."""
+        return self.servers_active + self.servers_idle + self.servers_connecting
+
+    def as_dict(self) -> dict[str, int | str]:
+        """All the fields as a plain dict (for logging or a JSON endpoint)."""
+        return asdict(self)
+
+    def psycopg_pool_dict(self) -> dict[str, int]:
+        """The same figures with psycopg_pool's ``get_stats()`` keys.
+
+        Counters that are zero are left out, as psycopg_pool does.
+        """
+        gauges = {
+            "pool_min": self.min_size,
+            "pool_max": self.max_size,
+            "pool_size": self.servers_active + self.servers_idle + self.servers_connecting,
+            "pool_available": self.servers_idle,
+            "requests_waiting": self.clients_waiting,
+        }
+        counters = {
+            "requests_num": self.requests_total,
+            "requests_queued": self.requests_queued_total,
+            "requests_wait_ms": self.wait_ms_total,
+            "requests_errors": self.timeouts_total + self.rejected_total,
+            "usage_ms": self.usage_ms_total,
+            "returns_bad": self.returns_bad_total,
+            "connections_num": self.connections_opened_total + self.connections_failed_total,
+            "connections_ms": self.connect_ms_total,
+            "connections_errors": self.connections_failed_total,
+            "connections_lost": self.connections_lost_total,
+        }
+        gauges.update({k: v for k, v in counters.items() if v})
+        return gauges
