@@ -16,6 +16,7 @@ import psycopg
 from psycopg.pq import ConnStatus
 
 _OK = ConnStatus.OK
+_MAX_READS = 4
 
 if hasattr(select, "poll"):
 
@@ -29,9 +30,15 @@ if hasattr(select, "poll"):
         conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], probe: object
     ) -> bool:
         """False if the server closed the connection (or it is broken)."""
-        if not probe.poll(0):  # type: ignore[attr-defined]
-            return True
-        return _consume(conn)
+        poll = probe.poll  # type: ignore[attr-defined]
+        # a terminated backend sends its error, then end-of-file: the first read takes the
+        # message, the socket stays readable, the second read meets the end of the stream
+        for _ in range(_MAX_READS):
+            if not poll(0):
+                return True
+            if not _consume(conn):
+                return False
+        return conn.pgconn.status == _OK
 
 else:  # pragma: no cover - Windows
 
@@ -41,10 +48,13 @@ else:  # pragma: no cover - Windows
     def is_alive(
         conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], probe: object
     ) -> bool:
-        readable, _, _ = select.select([cast(int, probe)], [], [], 0)
-        if not readable:
-            return True
-        return _consume(conn)
+        for _ in range(_MAX_READS):
+            readable, _, _ = select.select([cast(int, probe)], [], [], 0)
+            if not readable:
+                return True
+            if not _consume(conn):
+                return False
+        return conn.pgconn.status == _OK
 
 
 def _consume(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
