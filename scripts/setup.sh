@@ -58,7 +58,7 @@ apt_install() {
         apt-get update -qq </dev/null
         _APT_UPDATED=1
     fi
-    apt-get install -y -qq "$@" </dev/null
+    apt-get install -y -qq -o Dpkg::Use-Pty=0 "$@" </dev/null
 }
 
 if [[ -n "${PGPOOLKIT_PG_BINDIR:-}" ]] \

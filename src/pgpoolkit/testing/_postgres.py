@@ -597,7 +597,11 @@ class TemporaryPostgres:
                 shutil.rmtree(self._base, ignore_errors=True)
 
     def __enter__(self) -> TemporaryPostgres:
-        self.start()
+        try:
+            self.start()
+        except BaseException:
+            self.cleanup()
+            raise
         return self
 
     def __exit__(

@@ -18,7 +18,7 @@ __all__ = ["TcpProxy"]
 
 _LISTEN_HOST: Final = "127.0.0.1"
 _BUFSIZE: Final = 65536
-_ABORT_GRACE: Final = 1.0  # seconds for link threads to notice an abort before forcing them
+_ABORT_GRACE: Final = 0.25  # seconds for link threads to notice an abort before forcing them
 _JOIN_TIMEOUT: Final = 5.0
 
 
@@ -53,6 +53,7 @@ class _Link:
         self.client = client
         self.server: socket.socket | None = None
         self.aborted = False
+        self.finished = False  # sockets closed (by the link thread)
         self.thread: threading.Thread | None = None
 
 
@@ -86,6 +87,7 @@ class TcpProxy:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         if not infos or not all(_is_loopback(str(info[4][0])) for info in infos):
             raise ValueError(f"TcpProxy only forwards to loopback addresses, not {host!r}")
+        infos.sort(key=lambda info: info[0] != socket.AF_INET)  # PostgreSQL: 127.0.0.1 first
         family, _type, _proto, _canon, sockaddr = infos[0]
         self._target_family = family
         self._target_addr = sockaddr
@@ -302,15 +304,15 @@ class TcpProxy:
             self._pump(link, link.client, server)
             back.join()
         finally:
-            with self._cond:
+            with self._cond:  # closing under the lock: _abort() never sees a stale socket
                 self._links.discard(link)
-                aborted = link.aborted
+                link.finished = True
+                for sock in (link.client, server):
+                    if sock is not None:
+                        if link.aborted:
+                            _arm_reset(sock)
+                        sock.close()
                 self._cond.notify_all()
-            for sock in (link.client, server):
-                if sock is not None:
-                    if aborted:
-                        _arm_reset(sock)
-                    sock.close()
 
     def _pump(self, link: _Link, src: socket.socket, dst: socket.socket) -> None:
         while True:
@@ -335,15 +337,14 @@ class TcpProxy:
 
     def _abort(self, link: _Link) -> None:
         with self._cond:
-            if link.aborted:
+            if link.aborted or link.finished:
                 return
             link.aborted = True
             self._cond.notify_all()
-            sockets = (link.client, link.server)
-        # SHUT_RD wakes up the pump threads blocked in recv() without sending anything;
-        # the link thread then closes both sockets with SO_LINGER 0: the peers get a RST.
-        for sock in sockets:
-            _shutdown(sock, socket.SHUT_RD)
+            # SHUT_RD wakes up the pump threads blocked in recv() without sending anything;
+            # the link thread then closes both sockets with SO_LINGER 0: the peers get a RST.
+            _shutdown(link.client, socket.SHUT_RD)
+            _shutdown(link.server, socket.SHUT_RD)
 
     def _abort_links(self) -> None:
         with self._cond:
@@ -360,8 +361,10 @@ class TcpProxy:
             if thread.is_alive() and not forced:
                 # A pump stuck in sendall() (peer not reading): shut down the write sides too.
                 forced = True
-                for stuck in links:
-                    _shutdown(stuck.client, socket.SHUT_RDWR)
-                    _shutdown(stuck.server, socket.SHUT_RDWR)
+                with self._cond:
+                    for stuck in links:
+                        if not stuck.finished:
+                            _shutdown(stuck.client, socket.SHUT_RDWR)
+                            _shutdown(stuck.server, socket.SHUT_RDWR)
             if thread.is_alive():
                 thread.join(_JOIN_TIMEOUT)

@@ -1,0 +1,112 @@
+"""Which statements change session state: what outlives a transaction on a server connection.
+
+PgBouncer's documentation lists what breaks in transaction pooling: SET/RESET, LISTEN, WITH HOLD
+cursors, SQL PREPARE/DEALLOCATE, temporary tables that outlive the transaction, LOAD, session
+advisory locks. ``session_changes(text)`` finds them in a query's text before it runs, so that a
+policy can pin the client to its server connection, refuse the statement, or mark the connection
+for a reset on release. The scan skips comments, string literals and quoted identifiers, looks
+at every statement of a multi-statement string, and its answers are cached per query text.
+
+What cannot be seen from the text (a function that runs SET or creates a temporary table inside
+its body, a DO block, a trigger) is covered by the release reset: see docs/pooling-modes.md.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import Enum
+
+__all__ = ["SessionChange", "session_changes"]
+
+
+class SessionChange(str, Enum):
+    """A kind of session state a statement leaves behind."""
+
+    SETTING = "SET/RESET of a session parameter"
+    ROLE = "SET ROLE / SET SESSION AUTHORIZATION"
+    LISTEN = "LISTEN"
+    PREPARE = "SQL PREPARE/DEALLOCATE"
+    HOLD_CURSOR = "a WITH HOLD cursor"
+    TEMP_TABLE = "a temporary table"
+    LOAD = "LOAD"
+    ADVISORY_LOCK = "a session advisory lock"
+
+
+# Comments, literals and quoted identifiers are blanked before scanning, so that a keyword in a
+# string ('SET x') or a comment is not taken for a statement.
+_NOISE = re.compile(
+    r"""
+      --[^\n]*                       # line comment
+    | /\*.*?\*/                      # block comment (non-nested is enough for a scan)
+    | [eE]'(?:[^'\\]|\\.|'')*'       # E'...' string with backslash escapes
+    | '(?:[^']|'')*'                 # '...' string
+    | "(?:[^"]|"")*"                 # "quoted identifier"
+    | (\$[A-Za-z_0-9]*\$).*?\1       # $tag$ dollar-quoted body $tag$
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+
+_SET = re.compile(
+    r"^\s*SET\s+(?!LOCAL\b|TRANSACTION\b|CONSTRAINTS?\b)(?:SESSION\s+)?(?P<what>\w+)",
+    re.IGNORECASE,
+)
+_STARTS = [
+    (re.compile(r"^\s*RESET\b", re.IGNORECASE), SessionChange.SETTING),
+    (re.compile(r"^\s*LISTEN\b", re.IGNORECASE), SessionChange.LISTEN),
+    (re.compile(r"^\s*PREPARE\s+(?!TRANSACTION\b)", re.IGNORECASE), SessionChange.PREPARE),
+    (re.compile(r"^\s*DEALLOCATE\b", re.IGNORECASE), SessionChange.PREPARE),
+    (re.compile(r"^\s*DECLARE\b.*\bWITH\s+HOLD\b", re.IGNORECASE | re.DOTALL),
+     SessionChange.HOLD_CURSOR),
+    (re.compile(r"^\s*LOAD\b", re.IGNORECASE), SessionChange.LOAD),
+]
+_TEMP = re.compile(
+    r"^\s*(?:CREATE\s+(?:(?:GLOBAL|LOCAL)\s+)?TEMP(?:ORARY)?\s+(?:UNLOGGED\s+)?"
+    r"(?:TABLE|VIEW|SEQUENCE)\b"
+    r"|CREATE\s+(?:OR\s+REPLACE\s+)?(?:(?:GLOBAL|LOCAL)\s+)?TEMP(?:ORARY)?\s+VIEW\b"
+    r"|SELECT\b.*\bINTO\s+(?:(?:GLOBAL|LOCAL)\s+)?TEMP(?:ORARY)?\b)",
+    re.IGNORECASE | re.DOTALL,
+)
+_ON_COMMIT_DROP = re.compile(r"\bON\s+COMMIT\s+DROP\b", re.IGNORECASE)
+_ADVISORY = re.compile(r"\bpg_(?:try_)?advisory_lock(?:_shared)?\s*\(", re.IGNORECASE)
+_SET_CONFIG = re.compile(r"\bset_config\s*\((?P<args>[^()]*)\)", re.IGNORECASE)
+_IS_LOCAL_TRUE = re.compile(r",\s*(?:true|'t'|'true'|'on'|1)\s*$", re.IGNORECASE)
+
+_cache: dict[str, frozenset[SessionChange]] = {}
+_CACHE_SIZE = 4096
+_NONE: frozenset[SessionChange] = frozenset()
+
+
+def session_changes(text: str) -> frozenset[SessionChange]:
+    """The kinds of session state the query would leave on its server connection."""
+    found = _cache.get(text)
+    if found is None:
+        found = _scan(text)
+        if len(_cache) >= _CACHE_SIZE:
+            _cache.clear()
+        _cache[text] = found
+    return found
+
+
+def _scan(text: str) -> frozenset[SessionChange]:
+    clean = _NOISE.sub(" ", text)
+    kinds: set[SessionChange] = set()
+    for statement in clean.split(";"):
+        if not statement.strip():
+            continue
+        match = _SET.match(statement)
+        if match:
+            what = match["what"].upper()
+            kinds.add(
+                SessionChange.ROLE if what in ("ROLE", "AUTHORIZATION") else SessionChange.SETTING
+            )
+        for pattern, kind in _STARTS:
+            if pattern.match(statement):
+                kinds.add(kind)
+        if _TEMP.match(statement) and not _ON_COMMIT_DROP.search(statement):
+            kinds.add(SessionChange.TEMP_TABLE)
+        if _ADVISORY.search(statement):
+            kinds.add(SessionChange.ADVISORY_LOCK)
+        for call in _SET_CONFIG.finditer(statement):
+            if not _IS_LOCAL_TRUE.search(call["args"]):
+                kinds.add(SessionChange.SETTING)
+    return frozenset(kinds) if kinds else _NONE
