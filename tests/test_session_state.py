@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pgpoolkit._session_state import SessionChange as K
-from pgpoolkit._session_state import session_changes
+from pgpoolkit._session_state import inspect_statement, session_changes
 
 
 @pytest.mark.parametrize(
@@ -57,5 +57,21 @@ def test_session_changes(query: str, expected: set[K]) -> None:
 
 
 def test_answers_are_cached() -> None:
-    first = session_changes("SET application_name = 'cache-test'")
-    assert session_changes("SET application_name = 'cache-test'") is first
+    first = inspect_statement("SET application_name = 'cache-test'")
+    assert inspect_statement("SET application_name = 'cache-test'") is first
+
+
+@pytest.mark.parametrize(
+    ("query", "begins"),
+    [
+        ("BEGIN", True),
+        ("  begin isolation level serializable", True),
+        ("START TRANSACTION READ ONLY", True),
+        ("SELECT 1; BEGIN; SELECT 2", True),
+        ("SELECT 'BEGIN'", False),
+        ("COMMIT", False),
+        ("SELECT 1", False),
+    ],
+)
+def test_begin_is_seen(query: str, begins: bool) -> None:
+    assert inspect_statement(query).begins is begins

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 from enum import Enum
 
-__all__ = ["SessionChange", "session_changes"]
+__all__ = ["SessionChange", "StatementInfo", "inspect_statement", "session_changes"]
 
 
 class SessionChange(str, Enum):
@@ -71,13 +71,30 @@ _ADVISORY = re.compile(r"\bpg_(?:try_)?advisory_lock(?:_shared)?\s*\(", re.IGNOR
 _SET_CONFIG = re.compile(r"\bset_config\s*\((?P<args>[^()]*)\)", re.IGNORECASE)
 _IS_LOCAL_TRUE = re.compile(r",\s*(?:true|'t'|'true'|'on'|1)\s*$", re.IGNORECASE)
 
-_cache: dict[str, frozenset[SessionChange]] = {}
+_BEGIN = re.compile(r"^\s*(?:BEGIN|START\s+TRANSACTION)\b", re.IGNORECASE)
+
+
+class StatementInfo:
+    """What a query's text says about its effect on the server connection."""
+
+    __slots__ = ("begins", "changes", "detail")
+
+    def __init__(self, changes: frozenset[SessionChange], begins: bool) -> None:
+        #: the kinds of session state it leaves behind
+        self.changes = changes
+        #: it opens a transaction block (BEGIN / START TRANSACTION)
+        self.begins = begins
+        #: a description for messages: "SET ROLE / SET SESSION AUTHORIZATION, LISTEN"
+        self.detail = ", ".join(sorted(kind.value for kind in changes))
+
+
+_cache: dict[str, StatementInfo] = {}
 _CACHE_SIZE = 4096
-_NONE: frozenset[SessionChange] = frozenset()
+PLAIN = StatementInfo(frozenset(), False)
 
 
-def session_changes(text: str) -> frozenset[SessionChange]:
-    """The kinds of session state the query would leave on its server connection."""
+def inspect_statement(text: str) -> StatementInfo:
+    """What the query would do to its server connection (cached per query text)."""
     found = _cache.get(text)
     if found is None:
         found = _scan(text)
@@ -87,12 +104,20 @@ def session_changes(text: str) -> frozenset[SessionChange]:
     return found
 
 
-def _scan(text: str) -> frozenset[SessionChange]:
+def session_changes(text: str) -> frozenset[SessionChange]:
+    """The kinds of session state the query would leave on its server connection."""
+    return inspect_statement(text).changes
+
+
+def _scan(text: str) -> StatementInfo:
     clean = _NOISE.sub(" ", text)
     kinds: set[SessionChange] = set()
+    begins = False
     for statement in clean.split(";"):
         if not statement.strip():
             continue
+        if _BEGIN.match(statement):
+            begins = True
         match = _SET.match(statement)
         if match:
             what = match["what"].upper()
@@ -109,4 +134,6 @@ def _scan(text: str) -> frozenset[SessionChange]:
         for call in _SET_CONFIG.finditer(statement):
             if not _IS_LOCAL_TRUE.search(call["args"]):
                 kinds.add(SessionChange.SETTING)
-    return frozenset(kinds) if kinds else _NONE
+    if not kinds and not begins:
+        return PLAIN
+    return StatementInfo(frozenset(kinds), begins)
