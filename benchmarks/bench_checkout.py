@@ -1,0 +1,407 @@
+"""Checkout cost of pgpoolkit next to psycopg_pool, and a SELECT 1 next to raw psycopg.
+
+    python benchmarks/bench_checkout.py [--dsn DSN] [--rounds N] [--seconds S]
+                                        [--threads 1,4] [--only TEXT] [--json]
+
+Scenarios (each with 1 and 4 threads, or asyncio tasks):
+
+- checkout: acquire + release with no query, through pgpoolkit ``Pool.getconn/putconn`` and
+  ``pool.connection()``, and psycopg_pool ``ConnectionPool.getconn/putconn`` and
+  ``.connection()``; the ratio is pgpoolkit's time per checkout over psycopg_pool's, API for API.
+- checkout-asyncio: the same with ``AsyncPool`` and ``AsyncConnectionPool``.
+- select1: one ``SELECT 1`` per unit: raw persistent psycopg connections (one per thread: the
+  limit a pool can approach), pgpoolkit ``pool.connection()``, psycopg_pool ``.connection()``;
+  the ratio is throughput over raw psycopg's.
+
+Every pool has min_size = max_size = 10 and is full before anything is measured. Without
+``--dsn`` (or ``PGPOOLKIT_DSN``) a throwaway local PostgreSQL is started and removed at the end.
+See benchmarks/README.md for the method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from functools import partial
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from harness import (
+    Contender,
+    Scenario,
+    print_table,
+    results_json,
+    run_scenarios,
+    run_tasks,
+    run_threads,
+)
+
+import pgpoolkit
+from pgpoolkit.testing import TemporaryPostgres
+
+POOL_SIZE = 10
+DSN_ENV = "PGPOOLKIT_DSN"
+
+PK_GETCONN = "pgpoolkit getconn/putconn"
+PK_CONTEXT = "pgpoolkit connection()"
+PP_GETCONN = "psycopg_pool getconn/putconn"
+PP_CONTEXT = "psycopg_pool connection()"
+RAW = "raw psycopg (1 conn per thread)"
+
+Op = Callable[[], object]
+AOp = Callable[[], Coroutine[Any, Any, object]]
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+# -- pools -------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _pgpoolkit_pool(dsn: str, app: str, **kwargs: Any) -> Iterator[pgpoolkit.Pool]:
+    pool = pgpoolkit.Pool(
+        dsn,
+        open=False,
+        min_size=POOL_SIZE,
+        max_size=POOL_SIZE,
+        kwargs={"application_name": app, **kwargs},
+    )
+    pool.open(wait=True, timeout=30.0)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+@contextmanager
+def _psycopg_pool(dsn: str, app: str, **kwargs: Any) -> Iterator[psycopg_pool.ConnectionPool]:
+    pool: psycopg_pool.ConnectionPool = psycopg_pool.ConnectionPool(
+        dsn,
+        open=False,
+        min_size=POOL_SIZE,
+        max_size=POOL_SIZE,
+        kwargs={"application_name": app, **kwargs},
+    )
+    pool.open(wait=True, timeout=30.0)
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+# -- checkout, threads ---------------------------------------------------------------------------
+
+
+def checkout_threads(dsn: str, n: int) -> Scenario:
+    @contextmanager
+    def setup() -> Iterator[Sequence[Contender]]:
+        with (
+            _pgpoolkit_pool(dsn, "bench-pgpoolkit") as pk,
+            _psycopg_pool(dsn, "bench-psycopg_pool") as pp,
+        ):
+
+            def pk_getconn(_: int) -> Op:
+                getconn, putconn = pk.getconn, pk.putconn
+                return lambda: putconn(getconn())
+
+            def pk_context(_: int) -> Op:
+                def op() -> None:
+                    with pk.connection():
+                        pass
+
+                return op
+
+            def pp_getconn(_: int) -> Op:
+                getconn, putconn = pp.getconn, pp.putconn
+                return lambda: putconn(getconn())
+
+            def pp_context(_: int) -> Op:
+                def op() -> None:
+                    with pp.connection():
+                        pass
+
+                return op
+
+            yield [
+                Contender(PK_GETCONN, partial(run_threads, n, pk_getconn), PP_GETCONN),
+                Contender(PK_CONTEXT, partial(run_threads, n, pk_context), PP_CONTEXT),
+                Contender(PP_GETCONN, partial(run_threads, n, pp_getconn), PP_GETCONN),
+                Contender(PP_CONTEXT, partial(run_threads, n, pp_context), PP_CONTEXT),
+            ]
+
+    return Scenario(
+        f"checkout, {_plural(n, 'thread')}",
+        setup,
+        ratio="time",
+        description="acquire + release, no query; pools of 10, full",
+    )
+
+
+# -- checkout, asyncio ---------------------------------------------------------------------------
+
+
+def checkout_tasks(dsn: str, n: int) -> Scenario:
+    @contextmanager
+    def setup() -> Iterator[Sequence[Contender]]:
+        loop = asyncio.new_event_loop()
+        pk = pgpoolkit.AsyncPool(
+            dsn,
+            min_size=POOL_SIZE,
+            max_size=POOL_SIZE,
+            kwargs={"application_name": "bench-pgpoolkit-async"},
+        )
+        pp: psycopg_pool.AsyncConnectionPool = psycopg_pool.AsyncConnectionPool(
+            dsn,
+            open=False,
+            min_size=POOL_SIZE,
+            max_size=POOL_SIZE,
+            kwargs={"application_name": "bench-psycopg_pool-async"},
+        )
+        try:
+            loop.run_until_complete(pk.open(wait=True, timeout=30.0))
+            loop.run_until_complete(pp.open(wait=True, timeout=30.0))
+
+            def pk_getconn(_: int) -> AOp:
+                async def op() -> None:
+                    await pk.putconn(await pk.getconn())
+
+                return op
+
+            def pk_context(_: int) -> AOp:
+                async def op() -> None:
+                    async with pk.connection():
+                        pass
+
+                return op
+
+            def pp_getconn(_: int) -> AOp:
+                async def op() -> None:
+                    await pp.putconn(await pp.getconn())
+
+                return op
+
+            def pp_context(_: int) -> AOp:
+                async def op() -> None:
+                    async with pp.connection():
+                        pass
+
+                return op
+
+            def contender(name: str, make: Callable[[int], AOp], base: str) -> Contender:
+                return Contender(name, partial(run_tasks, loop, n, make), base)
+
+            yield [
+                contender(PK_GETCONN, pk_getconn, PP_GETCONN),
+                contender(PK_CONTEXT, pk_context, PP_CONTEXT),
+                contender(PP_GETCONN, pp_getconn, PP_GETCONN),
+                contender(PP_CONTEXT, pp_context, PP_CONTEXT),
+            ]
+        finally:
+            loop.run_until_complete(pk.close())
+            loop.run_until_complete(pp.close())
+            loop.close()
+
+    return Scenario(
+        f"checkout-asyncio, {_plural(n, 'task')}",
+        setup,
+        ratio="time",
+        description="acquire + release, no query; pools of 10, full (AsyncPool, "
+        "AsyncConnectionPool)",
+    )
+
+
+# -- SELECT 1 --------------------------------------------------------------------------------------
+
+
+def select1_threads(dsn: str, n: int) -> Scenario:
+    @contextmanager
+    def setup() -> Iterator[Sequence[Contender]]:
+        with ExitStack() as stack:
+            raws = [
+                stack.enter_context(
+                    psycopg.connect(dsn, autocommit=True, application_name="bench-raw")
+                )
+                for _ in range(n)
+            ]
+            pk = stack.enter_context(_pgpoolkit_pool(dsn, "bench-pgpoolkit", autocommit=True))
+            pp = stack.enter_context(_psycopg_pool(dsn, "bench-psycopg_pool", autocommit=True))
+
+            def raw(i: int) -> Op:
+                conn = raws[i]
+                return lambda: conn.execute("SELECT 1").fetchone()
+
+            def pk_context(_: int) -> Op:
+                def op() -> None:
+                    with pk.connection() as conn:
+                        conn.execute("SELECT 1").fetchone()
+
+                return op
+
+            def pp_context(_: int) -> Op:
+                def op() -> None:
+                    with pp.connection() as conn:
+                        conn.execute("SELECT 1").fetchone()
+
+                return op
+
+            yield [
+                Contender(RAW, partial(run_threads, n, raw)),
+                Contender(PK_CONTEXT, partial(run_threads, n, pk_context)),
+                Contender(PP_CONTEXT, partial(run_threads, n, pp_context)),
+            ]
+
+    return Scenario(
+        f"select1, {_plural(n, 'thread')}",
+        setup,
+        ratio="throughput",
+        baseline=RAW,
+        description="one SELECT 1 per unit, autocommit; pools of 10, full",
+    )
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+def _thread_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a list like 1,4, got {text!r}") from None
+    if not counts or any(c < 1 or c > POOL_SIZE for c in counts):
+        raise argparse.ArgumentTypeError(f"expected counts between 1 and {POOL_SIZE}, got {text}")
+    return counts
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid value {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a value > 0, got {text}")
+        return value
+
+    return parse
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Checkout cost: pgpoolkit vs psycopg_pool (threads and asyncio), and "
+        "SELECT 1 through the pools vs raw psycopg connections.",
+    )
+    parser.add_argument(
+        "--dsn",
+        help=f"server to use (default: ${DSN_ENV}, else a throwaway local PostgreSQL)",
+    )
+    parser.add_argument(
+        "--rounds", type=_positive(int), default=5, help="rounds per contender (default: 5)"
+    )
+    parser.add_argument(
+        "--seconds",
+        type=_positive(float),
+        default=0.3,
+        help="length of one round of one contender (default: 0.3)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=0.1,
+        help="warm-up run per contender before the rounds, seconds (default: 0.1)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_thread_counts,
+        default=[1, 4],
+        help="thread (and asyncio task) counts, comma separated (default: 1,4)",
+    )
+    parser.add_argument(
+        "--only", metavar="TEXT", help="run only the scenarios whose name contains TEXT"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    return parser.parse_args(argv)
+
+
+def scenarios_for(dsn: str, threads: Sequence[int], only: str | None) -> list[Scenario]:
+    scenarios = [checkout_threads(dsn, n) for n in threads]
+    scenarios += [checkout_tasks(dsn, n) for n in threads]
+    scenarios += [select1_threads(dsn, n) for n in threads]
+    if only:
+        scenarios = [s for s in scenarios if only in s.name]
+    return scenarios
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    dsn: str | None = args.dsn if args.dsn is not None else os.environ.get(DSN_ENV) or None
+    t0 = time.perf_counter()
+    with ExitStack() as stack:
+        if dsn is None:
+            print("starting a throwaway PostgreSQL...", file=sys.stderr, flush=True)
+            try:
+                dsn = stack.enter_context(TemporaryPostgres()).dsn
+            except RuntimeError as ex:
+                print(f"error: {' '.join(str(ex).split())}", file=sys.stderr)
+                return 2
+        try:
+            with psycopg.connect(dsn, connect_timeout=5) as conn:
+                server_version = conn.info.server_version
+        except psycopg.Error as ex:
+            print(f"error: can't connect: {' '.join(str(ex).split())}", file=sys.stderr)
+            return 2
+        scenarios = scenarios_for(dsn, args.threads, args.only)
+        if not scenarios:
+            print(f"error: no scenario name contains {args.only!r}", file=sys.stderr)
+            return 2
+        results = run_scenarios(
+            scenarios, rounds=args.rounds, seconds=args.seconds, warmup=args.warmup
+        )
+    meta = {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "psycopg": psycopg.__version__,
+        "libpq": psycopg.pq.version(),
+        "psycopg_impl": psycopg.pq.__impl__,
+        "psycopg_pool": psycopg_pool.__version__,
+        "pgpoolkit": pgpoolkit.__version__,
+        "server_version": server_version,
+        "rounds": args.rounds,
+        "seconds": args.seconds,
+        "warmup": args.warmup,
+        "pool_size": POOL_SIZE,
+        "total_seconds": round(time.perf_counter() - t0, 1),
+    }
+    if args.json:
+        print(results_json(results, meta))
+        return 0
+    print(
+        f"pgpoolkit {meta['pgpoolkit']}, psycopg {meta['psycopg']} ({meta['psycopg_impl']}), "
+        f"psycopg_pool {meta['psycopg_pool']}, PostgreSQL {server_version // 10000}."
+        f"{server_version % 10000}, Python {meta['python']}, {meta['cpus']} CPUs"
+    )
+    print(
+        f"{args.rounds} interleaved rounds of {args.seconds} s per contender, medians; "
+        f"run took {meta['total_seconds']} s"
+    )
+    print()
+    print_table(results, scenarios)
+    print(
+        "ratio: the median of the per-round ratios (in a round the contenders run back to "
+        "back),\nso it can differ from the ratio of the medians shown."
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
