@@ -8,6 +8,7 @@ from it by dropping ``async``/``await`` and renaming ``AWaiter`` -> ``Waiter``, 
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Generic, TypeVar
@@ -15,6 +16,13 @@ from typing import Any, Generic, TypeVar
 from ._core import Slot
 
 T = TypeVar("T")
+
+#: the longest timeout the threading primitives accept (an infinite timeout is clamped to it)
+_TIMEOUT_MAX = threading.TIMEOUT_MAX
+
+
+def _clamp(timeout: float) -> float:
+    return min(max(timeout, 0.0), _TIMEOUT_MAX)
 
 Worker = threading.Thread
 AWorker = asyncio.Task[None]
@@ -36,7 +44,7 @@ class Waiter(Generic[T]):
 
     def wait(self, timeout: float) -> bool:
         """Block until woken (True) or the timeout passes (False)."""
-        return self._lock.acquire(timeout=max(timeout, 0.0))
+        return self._lock.acquire(timeout=_clamp(timeout))
 
 
 class AWaiter(Generic[T]):
@@ -54,12 +62,16 @@ class AWaiter(Generic[T]):
             self._future.set_result(None)
 
     async def wait(self, timeout: float) -> bool:
-        """Wait until woken (True) or the timeout passes (False)."""
-        try:
-            await asyncio.wait_for(self._future, max(timeout, 0.0))
-        except asyncio.TimeoutError:
-            return False
-        return True
+        """Wait until woken (True) or the timeout passes (False).
+
+        Not ``asyncio.wait_for``: on Python < 3.12 it swallows a cancellation that arrives
+        once the future is resolved, and the cancelled task would go on holding a connection.
+        Here a cancellation always propagates; the pool gives back what it was handed.
+        """
+        done, _ = await asyncio.wait(
+            (self._future,), timeout=None if timeout == math.inf else max(timeout, 0.0)
+        )
+        return bool(done)
 
 
 class Event:
@@ -79,7 +91,7 @@ class Event:
 
     def wait_timeout(self, timeout: float) -> bool:
         """Sleep until set (True) or the timeout passes (False)."""
-        return self._event.wait(max(timeout, 0.0))
+        return self._event.wait(_clamp(timeout))
 
 
 class AEvent:
@@ -122,6 +134,11 @@ class ALock:
         return None
 
 
+#: guards the threaded pools' worker sets: a thread is listed and started in one step, so that
+#: gather() never sees a thread not started yet, nor a set changing while it copies it
+_workers_lock = threading.Lock()
+
+
 def spawn(workers: set[Worker], func: Callable[..., None], *args: Any, name: str) -> None:
     """Run ``func(*args)`` in a daemon thread (it never keeps the interpreter from exiting),
     listed in ``workers`` while it runs."""
@@ -130,11 +147,13 @@ def spawn(workers: set[Worker], func: Callable[..., None], *args: Any, name: str
         try:
             func(*args)
         finally:
-            workers.discard(thread)
+            with _workers_lock:
+                workers.discard(thread)
 
     thread = threading.Thread(target=run, name=name, daemon=True)
-    workers.add(thread)
-    thread.start()
+    with _workers_lock:
+        workers.add(thread)
+        thread.start()
 
 
 def aspawn(
@@ -152,6 +171,8 @@ def gather(workers: Iterable[Worker], timeout: float) -> None:
 
     deadline = time.monotonic() + timeout
     current = threading.current_thread()
+    with _workers_lock:
+        workers = list(workers)
     for worker in workers:
         if worker is not current:
             worker.join(max(0.0, deadline - time.monotonic()))
@@ -160,7 +181,7 @@ def gather(workers: Iterable[Worker], timeout: float) -> None:
 async def agather(workers: Iterable[AWorker], timeout: float) -> None:
     """Wait up to ``timeout`` seconds in all for the tasks to end; cancel those still running."""
     current = asyncio.current_task()
-    pending = [w for w in workers if w is not current and not w.done()]
+    pending = [w for w in list(workers) if w is not current and not w.done()]
     if not pending:
         return
     _, still = await asyncio.wait(pending, timeout=timeout)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -115,6 +116,18 @@ def check_kwargs(kwargs: object) -> None:
         )
 
 
+def check_connection_class(value: object, base: type) -> None:
+    """connection_class is psycopg's connection class of the shell (sync or async), or a
+    subclass of it: anything else could never connect (and an async class in the threaded pool,
+    or the reverse, would fail at every attempt)."""
+    if not (isinstance(value, type) and issubclass(value, base)):
+        shown = value.__qualname__ if isinstance(value, type) else type(value).__name__
+        raise TypeError(
+            f"connection_class must be {base.__module__}.{base.__qualname__} or a subclass "
+            f"of it, got {shown}"
+        )
+
+
 def check_callback(name: str, value: object) -> None:
     """configure/check/reset/reconnect_failed are callables or None."""
     if value is not None and not callable(value):
@@ -133,3 +146,15 @@ def resolve_kwargs(
     if value is None:
         return {}
     return dict(value() if callable(value) else value)
+
+
+# a password in a URI (scheme://user:PASSWORD@host) or a key=value conninfo (password=...)
+_URI_PASSWORD = re.compile(r"(?P<pre>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s\"']*:)\S*@")
+_KV_PASSWORD = re.compile(r"(?P<pre>\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'?|[^\s\"&]+)", re.I)
+
+
+def redact(text: str) -> str:
+    """``text`` with any password it quotes replaced by ``***``: libpq echoes a malformed
+    conninfo whole in some of its error messages."""
+    text = _URI_PASSWORD.sub(r"\g<pre>***@", text)
+    return _KV_PASSWORD.sub(r"\g<pre>***", text)

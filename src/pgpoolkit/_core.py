@@ -111,15 +111,17 @@ class PoolCore(Generic[T]):
 
     # -- the hot path ---------------------------------------------------------------------------
 
-    def checkout(self, now: float) -> Slot[T] | None:
+    def checkout(self, now: float, retry: bool = False) -> Slot[T] | None:
         """Take an idle connection for a new request, or None if the request must queue.
 
         A waiter already queued is served first: a newcomer never overtakes it. Expired
-        connections met on the way are closed, never handed out.
+        connections met on the way are closed, never handed out. ``retry``: the same request
+        again, after the connection it got was found dead (counted once).
         """
         if self.closed or not self.opened:
             raise self.closed_error()
-        self.requests += 1
+        if not retry:
+            self.requests += 1
         if self.waiters:
             return None
         idle = self.idle
@@ -166,8 +168,10 @@ class PoolCore(Generic[T]):
 
     # -- waiting --------------------------------------------------------------------------------
 
-    def enqueue(self, waiter: Waiter[T]) -> None:
-        """Queue a request that found no idle connection, or refuse it if the queue is full."""
+    def enqueue(self, waiter: Waiter[T], requeue: bool = False) -> None:
+        """Queue a request that found no idle connection, or refuse it if the queue is full.
+        ``requeue``: a request that waited already, queued again after the connection it got
+        was found dead (counted once in ``requests_queued``)."""
         if self.max_waiting and len(self.waiters) >= self.max_waiting:
             self.rejected += 1
             raise TooManyRequests(
@@ -175,7 +179,8 @@ class PoolCore(Generic[T]):
                 f"(max_waiting={self.max_waiting}); {self.describe()}. "
                 "Raise max_size or max_waiting, or shed load upstream"
             )
-        self.requests_queued += 1
+        if not requeue:
+            self.requests_queued += 1
         self.waiters.append(waiter)
         self.work = True
 
@@ -303,7 +308,11 @@ class PoolCore(Generic[T]):
                 keep.append(slot)
         self.idle = keep
         self.work = True
-        due = now + 60.0
+        # connections placed or returned before the next run are not known yet: run again
+        # within max_lifetime, and within max_idle while the pool may shrink
+        due = now + min(60.0, self.max_lifetime)
+        if self.max_size > self.min_size:
+            due = min(due, now + self.max_idle)
         for slot in keep:
             due = min(due, slot.expires_at)
             if size > self.min_size:

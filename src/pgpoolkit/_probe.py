@@ -5,64 +5,86 @@ something while nobody was asking: most often an error and end-of-file because t
 terminated (pg_terminate_backend, a restart, idle_session_timeout), sometimes a notification.
 libpq then reads it without blocking: if that fails or marks the connection bad, it is dead.
 The check is one ``poll()`` system call when nothing is pending.
+
+The end-of-file may not have arrived yet when the error has (the backend sends its FATAL
+message, then exits): so what was read is parsed too, and a FATAL error, which libpq hands to
+the notice handlers of an idle connection, marks the connection dead at once.
 """
 
 from __future__ import annotations
 
 import select
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any
 
 import psycopg
+from psycopg.errors import Diagnostic
 from psycopg.pq import ConnStatus
 
 _OK = ConnStatus.OK
 _MAX_READS = 4
+#: severities of the errors a backend sends just before it closes the connection
+_FATAL = frozenset({"FATAL", "PANIC"})
 
-if hasattr(select, "poll"):
-
-    def make_probe(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> object:
-        """A poll object watching the connection's socket for input."""
-        poller = select.poll()
-        poller.register(conn.pgconn.socket, select.POLLIN | select.POLLPRI)
-        return poller
-
-    def is_alive(
-        conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], probe: object
-    ) -> bool:
-        """False if the server closed the connection (or it is broken)."""
-        poll = probe.poll  # type: ignore[attr-defined]
-        # a terminated backend sends its error, then end-of-file: the first read takes the
-        # message, the socket stays readable, the second read meets the end of the stream
-        for _ in range(_MAX_READS):
-            if not poll(0):
-                return True
-            if not _consume(conn):
-                return False
-        return conn.pgconn.status == _OK
-
-else:  # pragma: no cover - Windows
-
-    def make_probe(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> object:
-        return conn.pgconn.socket
-
-    def is_alive(
-        conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], probe: object
-    ) -> bool:
-        for _ in range(_MAX_READS):
-            readable, _, _ = select.select([cast(int, probe)], [], [], 0)
-            if not readable:
-                return True
-            if not _consume(conn):
-                return False
-        return conn.pgconn.status == _OK
+AnyConnection = psycopg.Connection[Any] | psycopg.AsyncConnection[Any]
 
 
-def _consume(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+class _Probe:
+    """What the pool keeps per connection to check it: a watch on its socket, and whether the
+    server announced its end (a FATAL error received while idle)."""
+
+    __slots__ = ("fatal", "ready")
+
+    ready: Callable[[int], list[Any]]
+
+    def __init__(self, conn: AnyConnection) -> None:
+        self.fatal = False
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(conn.pgconn.socket, select.POLLIN | select.POLLPRI)
+            self.ready = poller.poll
+        else:  # pragma: no cover - Windows
+            fd = conn.pgconn.socket
+
+            def ready(timeout: int) -> list[Any]:
+                return select.select([fd], [], [], timeout)[0]
+
+            self.ready = ready
+        conn.add_notice_handler(self._on_notice)
+
+    def _on_notice(self, diag: Diagnostic) -> None:
+        if (diag.severity_nonlocalized or diag.severity) in _FATAL:
+            self.fatal = True
+
+
+def make_probe(conn: AnyConnection) -> object:
+    """A probe watching the connection's socket for input (kept in the connection's slot)."""
+    return _Probe(conn)
+
+
+def is_alive(conn: AnyConnection, probe: object) -> bool:
+    """False if the server closed the connection, announced it would, or it is broken."""
+    assert isinstance(probe, _Probe)
+    ready = probe.ready
+    # a terminated backend sends its error, then end-of-file: the first read takes the
+    # message, the socket stays readable, the second read meets the end of the stream
+    for _ in range(_MAX_READS):
+        if not ready(0):
+            return not probe.fatal
+        if not _consume(conn, probe):
+            return False
+    return conn.pgconn.status == _OK and not probe.fatal
+
+
+def _consume(conn: AnyConnection, probe: _Probe) -> bool:
     pgconn = conn.pgconn
     if pgconn.status != _OK:
         return False
     try:
         pgconn.consume_input()
+        # parse what arrived (notifications stay queued for psycopg): an error received
+        # while idle goes to the notice handlers, where a FATAL one sets probe.fatal
+        pgconn.is_busy()
     except psycopg.OperationalError:
         return False
-    return pgconn.status == _OK
+    return pgconn.status == _OK and not probe.fatal

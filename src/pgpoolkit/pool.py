@@ -23,10 +23,12 @@ from ._acompat import Event, Lock, Waiter, Worker, gather, spawn
 from ._config import (
     PoolConfig,
     check_callback,
+    check_connection_class,
     check_conninfo,
     check_kwargs,
     check_timeout,
     make_config,
+    redact,
     resolve,
     resolve_kwargs,
 )
@@ -91,6 +93,7 @@ class Pool:
     ) -> None:
         check_conninfo(conninfo)
         check_kwargs(kwargs)
+        check_connection_class(connection_class, Connection)
         for cb_name, cb in (
             ("reconnect_failed", reconnect_failed),
             ("configure", configure),
@@ -207,7 +210,7 @@ class Pool:
                 waiter.wake()
         self._closing.set()
         self._do_work()
-        gather(list(self._workers), timeout)
+        gather(self._workers, timeout)
 
     def __enter__(self) -> Pool:
         self.open()
@@ -249,15 +252,27 @@ class Pool:
         """Check every idle connection now with a round trip; replace those that fail."""
         with self._lock:
             slots = self._core.take_idle(monotonic())
-        for slot in slots:
-            try:
-                self.check_connection(slot.conn)
-            except Exception:
-                with self._lock:
-                    self._core.lost(slot)
-            else:
-                with self._lock:
-                    self._core.checkin(slot, monotonic(), True)
+        try:
+            while slots:
+                slot = slots[-1]
+                try:
+                    self.check_connection(slot.conn)
+                except Exception:
+                    with self._lock:
+                        self._core.lost(slot)
+                else:
+                    with self._lock:
+                        self._core.checkin(slot, monotonic(), True)
+                slots.pop()
+        except BaseException:  # cancelled: the one being checked goes, the others go back
+            with self._lock:
+                now = monotonic()
+                if slots:
+                    self._core.checkin(slots.pop(), now, False)
+                for slot in slots:
+                    self._core.checkin(slot, now, True)
+            self._do_work()
+            raise
         self._do_work()
 
     @staticmethod
@@ -302,42 +317,60 @@ class Pool:
         self._release(slot)
 
     def _acquire(self, timeout: float | None) -> Slot[Connection[Any]]:
-        """Check out a live connection: from the idle stack, or by waiting in the queue."""
+        """Check out a live connection: from the idle stack, or by waiting in the queue.
+
+        ``timeout`` bounds the whole request, including the retries after a connection found
+        dead. Interrupted (cancelled) while holding a connection, it gives the connection back.
+        """
         core = self._core
+        if timeout is None:
+            timeout = self._config.timeout
         t0 = monotonic()
+        deadline = t0 + timeout
+        retry = queued = False
         while True:
             with self._lock:
-                slot = core.checkout(t0)
+                slot = core.checkout(t0, retry)
                 if slot is None:
                     waiter: Waiter[Connection[Any]] = Waiter()
-                    core.enqueue(waiter)
-            if core.work:
-                self._do_work()
+                    core.enqueue(waiter, queued)
             if slot is None:
-                slot = self._wait(waiter, t0, timeout)
-            if is_alive(slot.conn, slot.probe) and (
-                self._check is None or self._passes_check(slot)
-            ):
-                return slot
+                queued = True
+                slot = self._wait(waiter, t0, deadline, timeout)
+            try:
+                if core.work:
+                    self._do_work()
+                if is_alive(slot.conn, slot.probe) and (
+                    self._check is None or self._passes_check(slot)
+                ):
+                    return slot
+            except BaseException:  # cancelled, maybe in the middle of the check: discard it
+                self._discard(slot)
+                raise
             with self._lock:
                 core.lost(slot)
             self._do_work()
-            if timeout is not None:
-                timeout -= monotonic() - t0
+            retry = True
             t0 = monotonic()
 
     def _wait(
-        self, waiter: Waiter[Connection[Any]], t0: float, timeout: float | None
+        self,
+        waiter: Waiter[Connection[Any]],
+        t0: float,
+        deadline: float,
+        timeout: float,
     ) -> Slot[Connection[Any]]:
-        if timeout is None:
-            timeout = self._config.timeout
         try:
-            woken = waiter.wait(timeout)
+            if self._core.work:  # start the connection attempts the request may need
+                self._do_work()
+            woken = waiter.wait(deadline - monotonic())
         except BaseException:  # cancelled: give back what may have been handed over meanwhile
             with self._lock:
                 slot = self._core.abandon(waiter, timed_out=False)
                 if slot is not None:
                     self._core.checkin(slot, monotonic(), True)
+            if self._core.work:
+                self._do_work()
             raise
         with self._lock:
             self._core.waited(monotonic() - t0)
@@ -361,11 +394,22 @@ class Pool:
         return True
 
     def _release(self, slot: Slot[Connection[Any]]) -> None:
-        reusable = self._clean(slot)
+        try:
+            reusable = self._clean(slot)
+        except BaseException:  # cancelled while cleaning: its state is unknown, discard it
+            self._discard(slot)
+            raise
         with self._lock:
             self._core.checkin(slot, monotonic(), reusable)
         if self._core.work:
             self._do_work()
+
+    def _discard(self, slot: Slot[Connection[Any]]) -> None:
+        """Close a handed-out connection whose state is unknown (a checkout or a return was
+        interrupted); the core replaces it if needed."""
+        with self._lock:
+            self._core.checkin(slot, monotonic(), False)
+        self._do_work()
 
     def _clean(self, slot: Slot[Connection[Any]]) -> bool:
         """Make a returned connection fit for the next client; False if it must be closed."""
@@ -409,10 +453,11 @@ class Pool:
         """Carry out what the core decided: close connections, start connection attempts."""
         with self._lock:
             to_close, attempts = self._core.take_work()
-        for _ in range(attempts):
-            spawn(self._workers, self._connect_worker, name=f"{self.name}-connect")
+        # close first: a replacement never overlaps on the server with the one it replaces
         for conn in to_close:
             self._close_connection(conn)
+        for _ in range(attempts):
+            spawn(self._workers, self._connect_worker, name=f"{self.name}-connect")
 
     def _close_connection(self, conn: Connection[Any]) -> None:
         conn._pool = None  # so that psycopg really closes it
@@ -424,43 +469,54 @@ class Pool:
     def _connect_worker(self) -> None:
         """Open one connection, retrying with backoff while the server is unreachable."""
         attempt = 0
-        while True:
-            t0 = monotonic()
-            try:
-                conn = self._connect()
-            except Exception as ex:
+        counted = True  # the core counts this attempt as in progress (``connecting``)
+        try:
+            while True:
+                t0 = monotonic()
+                try:
+                    conn = self._connect()
+                except Exception as ex:
+                    now = monotonic()
+                    with self._lock:
+                        delay = self._core.connect_failed(now, _describe_error(ex), attempt)
+                        gave_up = delay is not None and self._core.retry_gave_up(now)
+                    counted = delay is not None
+                    if attempt == 0:
+                        logger.warning(
+                            "pool %r: connection attempt failed: %s",
+                            self.name,
+                            _describe_error(ex),
+                        )
+                    if gave_up:
+                        self._call_reconnect_failed()
+                    if delay is None:
+                        self._do_work()
+                        return
+                    if self._closing.wait_timeout(delay):
+                        with self._lock:
+                            self._core.attempt_abandoned()
+                        counted = False
+                        return
+                    attempt += 1
+                    continue
+                probe = make_probe(conn)
+                defaults = (conn.autocommit, conn.isolation_level, conn.read_only, conn.deferrable)
                 now = monotonic()
                 with self._lock:
-                    delay = self._core.connect_failed(now, _describe_error(ex), attempt)
-                    gave_up = delay is not None and self._core.retry_gave_up(now)
-                if attempt == 0:
-                    logger.warning("pool %r: connection attempt failed: %s", self.name, ex)
-                if gave_up:
-                    self._call_reconnect_failed()
-                if delay is None:
-                    self._do_work()
-                    return
-                if self._closing.wait_timeout(delay):
-                    with self._lock:
-                        self._core.attempt_abandoned()
-                    return
-                attempt += 1
-                continue
-            now = monotonic()
-            with self._lock:
-                slot = self._core.new_slot(conn, now, now - t0)
-                slot.probe = make_probe(conn)
-                slot.defaults = (
-                    conn.autocommit,
-                    conn.isolation_level,
-                    conn.read_only,
-                    conn.deferrable,
-                )
-                self._core.place(slot, now)
-                if self._core.ready:
-                    self._ready.set()
-            self._do_work()
-            return
+                    slot = self._core.new_slot(conn, now, now - t0)
+                    counted = False
+                    slot.probe = probe
+                    slot.defaults = defaults
+                    self._core.place(slot, now)
+                    if self._core.ready:
+                        self._ready.set()
+                self._do_work()
+                return
+        except BaseException:  # cancelled (the pool closing, the event loop ending)
+            if counted:
+                with self._lock:
+                    self._core.attempt_abandoned()
+            raise
 
     def _connect(self) -> Connection[Any]:
         conn = self.connection_class.connect(
@@ -570,6 +626,7 @@ class _ConnectionContext:
 
 
 def _describe_error(ex: BaseException) -> str:
-    # libpq's messages name host, port and user, never the password
-    text = str(ex).strip().replace("\n", " ")
+    # libpq's messages name host, port and user; but a malformed conninfo is quoted whole
+    # (with its password) in some of them: they are redacted
+    text = redact(str(ex).strip().replace("\n", " "))
     return f"{type(ex).__name__}: {text}" if text else type(ex).__name__
