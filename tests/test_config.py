@@ -97,10 +97,22 @@ def test_bad_config_messages_say_what_is_accepted() -> None:
         Pool(SECRET_DSN, mode="bogus")
 
 
-@pytest.mark.parametrize("mode", ["transaction", "statement"])
-def test_planned_modes_are_refused_clearly(mode: str) -> None:
-    with pytest.raises(ValueError, match=rf"mode={mode!r} is not available"):
-        Pool(SECRET_DSN, mode=mode)
+@pytest.mark.parametrize(
+    ("mode", "policy"),
+    [("session", "SessionPolicy"), ("transaction", "TransactionPolicy"),
+     ("statement", "StatementPolicy")],
+)
+def test_modes_by_name(mode: str, policy: str) -> None:
+    pool = Pool(SECRET_DSN, mode=mode, open=False)
+    assert type(pool.policy).__name__ == policy
+    assert f"mode={mode}" in repr(pool)
+
+
+def test_bad_policy_options() -> None:
+    with pytest.raises(ValueError, match="on_session_state must be 'pin' or 'error'"):
+        pgpoolkit.TransactionPolicy(on_session_state="ignore")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="max_clients must be an integer >= 0"):
+        Pool(SECRET_DSN, max_clients=-1, open=False)
 
 
 def test_conninfo_type() -> None:

@@ -57,8 +57,11 @@ def test_drop_in_for_psycopg_connect(dsn: str, admin: Admin, app: str) -> None:
         assert conn2.info.backend_pid == pid
         assert conn2.pool is conn.pool
         conn2.execute("CREATE TEMP TABLE t (x int)")  # committed at the end of the block
+        assert conn2.execute("SELECT count(*) FROM t").fetchone() == (0,)
     with pgpoolkit.connect(dsn, application_name=app) as conn3:
-        assert conn3.execute("SELECT count(*) FROM t").fetchone() == (0,)
+        # same server connection, but the session the previous client left was reset
+        assert conn3.info.backend_pid == pid
+        assert conn3.execute("SELECT to_regclass('pg_temp.t')").fetchone() == (None,)
     assert conn.pool.stats().connections_opened_total == 1
 
 

@@ -36,6 +36,7 @@ RENAMES = {
     "AWaiter": "Waiter",
     "AEvent": "Event",
     "ALock": "Lock",
+    "AGuard": "Guard",
     "AWorker": "Worker",
     "aspawn": "spawn",
     "agather": "gather",
@@ -82,10 +83,13 @@ def convert(source: str, source_name: str) -> str:
 
 
 def _tidy(text: str, source_name: str) -> str:
-    """Sort the imports and drop the ones only the async code used (ruff)."""
+    """Sort the imports, drop the ones only the async code used, and turn
+    ``for x in y: yield x`` into ``yield from y`` (ruff)."""
     result = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "--fix-only", "--quiet", "--select", "I,F401",
-         "--stdin-filename", source_name, "-"],
+        [
+            sys.executable, "-m", "ruff", "check", "--fix-only", "--unsafe-fixes", "--quiet",
+            "--select", "I,F401,UP028", "--stdin-filename", source_name, "-",
+        ],
         input=text, capture_output=True, text=True, check=True, cwd=ROOT,
     )
     return result.stdout

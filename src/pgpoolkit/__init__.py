@@ -14,16 +14,36 @@ from ._connect import connect
 from .aio.connection import AsyncPooledConnection
 from .aio.pool import AsyncPool
 from .connection import PooledConnection
-from .errors import PolicyViolation, PoolClosed, PoolError, PoolTimeout, TooManyRequests
-from .policies import Policy, SessionPolicy
+from .errors import (
+    IdleInTransactionTimeout,
+    PolicyViolation,
+    PoolClosed,
+    PoolError,
+    PoolTimeout,
+    TooManyClients,
+    TooManyRequests,
+)
+from .policies import (
+    Action,
+    ClientState,
+    Event,
+    Policy,
+    SessionPolicy,
+    StatementPolicy,
+    TransactionPolicy,
+)
 from .pool import Pool
 from .stats import PoolStats
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Action",
     "AsyncPool",
     "AsyncPooledConnection",
+    "ClientState",
+    "Event",
+    "IdleInTransactionTimeout",
     "Policy",
     "PolicyViolation",
     "Pool",
@@ -33,7 +53,10 @@ __all__ = [
     "PoolTimeout",
     "PooledConnection",
     "SessionPolicy",
+    "StatementPolicy",
+    "TooManyClients",
     "TooManyRequests",
+    "TransactionPolicy",
     "__version__",
     "connect",
 ]

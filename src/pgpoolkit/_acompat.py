@@ -121,6 +121,47 @@ class AEvent:
 Lock = threading.Lock
 
 
+class Guard:
+    """Marks a pooled connection busy on its server connection (threads): the owner's
+    thread may nest, another thread (the pool's maintenance) only takes it if free."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+
+    def acquire(self) -> None:
+        self._lock.acquire()
+
+    def try_acquire(self) -> bool:
+        return self._lock.acquire(blocking=False)
+
+    def release(self) -> None:
+        self._lock.release()
+
+
+class AGuard:
+    """Marks a pooled connection busy on its server connection (asyncio): a count, as only
+    the event loop's thread uses it."""
+
+    __slots__ = ("_depth",)
+
+    def __init__(self) -> None:
+        self._depth = 0
+
+    def acquire(self) -> None:
+        self._depth += 1
+
+    def try_acquire(self) -> bool:
+        if self._depth:
+            return False
+        self._depth = 1
+        return True
+
+    def release(self) -> None:
+        self._depth -= 1
+
+
 class ALock:
     """The asyncio pool's lock: nothing, as the core is only called from the event loop's
     thread and no call into it awaits."""

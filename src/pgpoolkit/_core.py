@@ -33,6 +33,13 @@ RETRY_JITTER = 0.25
 LIFETIME_JITTER = 0.05
 
 
+def check_max_clients(value: object) -> int:
+    """max_clients is an integer >= 0 (0: no cap)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"max_clients must be an integer >= 0 (0: no limit), got {value!r}")
+    return value
+
+
 class Slot(Generic[T]):
     """One server connection owned by the pool, and its bookkeeping."""
 
@@ -89,7 +96,10 @@ class PoolCore(Generic[T]):
         self.work = False
         self.to_close: list[T] = []
 
-        # connection retries while the server is unreachable: one attempt retries at a time
+        # connection retries while the server is unreachable: one attempt (the retrier) retries
+        # at a time, the others stand down at their first failure; while the last try failed,
+        # ``retrying`` holds back new attempts
+        self.retrier = False
         self.retrying = False
         self.retry_delay = 0.0
         self.retry_started = 0.0
@@ -108,6 +118,9 @@ class PoolCore(Generic[T]):
         self.connections_lost = 0
         self.connections_closed = 0
         self.returns_bad = 0
+        self.clients_pinned = 0
+        self.statements = 0
+        self.transactions = 0
 
     # -- the hot path ---------------------------------------------------------------------------
 
@@ -208,6 +221,13 @@ class PoolCore(Generic[T]):
         self.connections_lost += 1
         self._close(slot)
 
+    def client_released(self, unpinned: bool, statements: int, transactions: int) -> None:
+        """A client gave its server connection back: account what it did with it."""
+        if unpinned:
+            self.clients_pinned -= 1
+        self.statements += statements
+        self.transactions += transactions
+
     def take_work(self) -> tuple[list[T], int]:
         """What the shell must do now: connections to close and attempts to start."""
         self.work = False
@@ -227,12 +247,17 @@ class PoolCore(Generic[T]):
         need = max(self.min_size - total, len(self.waiters) - self.connecting)
         return max(0, min(need, room))
 
-    def new_slot(self, conn: T, now: float, connect_seconds: float) -> Slot[T]:
-        """Account a successful connection attempt; returns its slot (not yet placed)."""
+    def new_slot(
+        self, conn: T, now: float, connect_seconds: float, retrier: bool = False
+    ) -> Slot[T]:
+        """Account a successful connection attempt (``retrier``: the one that was retrying);
+        returns its slot (not yet placed). The server answers again: attempts may start."""
         self.connecting -= 1
         self.connections_opened += 1
         self.connect_ms += connect_seconds * 1000.0
         self.retrying = False
+        if retrier:
+            self.retrier = False
         self.last_error = None
         lifetime = self.max_lifetime * (1.0 - LIFETIME_JITTER * self._rng.random())
         slot = Slot(conn, now, now + lifetime, self.generation)
@@ -254,30 +279,32 @@ class PoolCore(Generic[T]):
         self.connections_failed += 1
         self.last_error = error
         if attempt == 0:
-            if self.retrying or self.closed:
+            if self.retrier or self.closed:
                 self.connecting -= 1
                 return None
-            self.retrying = True
+            self.retrier = True
             self.retry_started = now
             self.retry_delay = RETRY_INITIAL_DELAY
         else:
             self.retry_delay = min(self.retry_delay * 2.0, RETRY_MAX_DELAY)
+        self.retrying = True
         if self.closed or not self._demand():
-            self.retrying = False
+            self.retrier = self.retrying = False
             self.connecting -= 1
             self.work = True
             return None
         return self.retry_delay * (1.0 + RETRY_JITTER * (2.0 * self._rng.random() - 1.0))
 
-    def attempt_abandoned(self) -> None:
-        """A retrying attempt stopped because the pool is closing."""
+    def attempt_abandoned(self, retrier: bool) -> None:
+        """An attempt stopped because the pool is closing (``retrier``: the retrying one)."""
         self.connecting -= 1
-        self.retrying = False
+        if retrier:
+            self.retrier = self.retrying = False
 
     def retry_gave_up(self, now: float) -> bool:
         """True once per ``reconnect_timeout`` of failed retries: time to call
         ``reconnect_failed``. The retries go on afterwards, so the pool never stays empty."""
-        if self.retrying and now - self.retry_started >= self.reconnect_timeout:
+        if self.retrier and now - self.retry_started >= self.reconnect_timeout:
             self.retry_started = now
             return True
         return False
@@ -372,6 +399,7 @@ class PoolCore(Generic[T]):
         self.requests = self.requests_queued = self.timeouts = self.rejected = 0
         self.connections_opened = self.connections_failed = self.connections_lost = 0
         self.connections_closed = self.returns_bad = 0
+        self.statements = self.transactions = 0
         self.wait_ms = self.usage_ms = self.connect_ms = 0.0
 
     # -- reporting ------------------------------------------------------------------------------

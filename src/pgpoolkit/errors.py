@@ -10,10 +10,12 @@ from __future__ import annotations
 import psycopg
 
 __all__ = [
+    "IdleInTransactionTimeout",
     "PolicyViolation",
     "PoolClosed",
     "PoolError",
     "PoolTimeout",
+    "TooManyClients",
     "TooManyRequests",
 ]
 
@@ -44,3 +46,13 @@ class PolicyViolation(PoolError):
 
     The message names the mode and what to do instead.
     """
+
+
+class TooManyClients(PoolError):
+    """``max_clients`` pooled connections are open already: ``connect()`` refused another."""
+
+
+class IdleInTransactionTimeout(PoolError):
+    """The client sat idle inside a transaction longer than the pool's
+    ``idle_in_transaction_timeout``: its transaction was rolled back and its server connection
+    given to others. Raised once, at the client's next use; the client can go on."""

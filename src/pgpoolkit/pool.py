@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Mapping
 from time import monotonic
 from types import TracebackType
@@ -32,11 +33,12 @@ from ._config import (
     resolve,
     resolve_kwargs,
 )
-from ._core import PoolCore, Slot
+from ._core import PoolCore, Slot, check_max_clients
 from ._probe import is_alive, make_probe
 from .connection import PooledConnection
-from .errors import PoolTimeout
-from .policies import Policy
+from .errors import PoolTimeout, TooManyClients
+from .policies import Action, ClientState, Policy
+from .policies import Event as ClientEvent
 from .stats import PoolStats
 
 __all__ = ["Pool"]
@@ -57,7 +59,11 @@ ReconnectFailedCallback = Callable[["Pool"], Any]
 class Pool:
     """A pool of PostgreSQL server connections shared by many clients (threads).
 
-    The constructor takes psycopg_pool's parameters under psycopg_pool's names, plus ``mode``.
+    The constructor takes psycopg_pool's parameters under psycopg_pool's names, plus ``mode``
+    (``"session"``, ``"transaction"``, ``"statement"`` or a Policy), ``max_clients`` (a cap
+    on open pooled connections, PgBouncer's max_client_conn; 0: none) and
+    ``idle_in_transaction_timeout`` (seconds a pooled connection may sit idle inside a
+    transaction before the pool rolls it back and takes its server connection; None: never).
     Use it as an async context manager, or call :meth:`open` and :meth:`close`::
 
         with Pool("dbname=app", max_size=10) as pool:
@@ -81,6 +87,8 @@ class Pool:
         max_size: int | None = None,
         name: str | None = None,
         mode: str | Policy = "session",
+        max_clients: int = 0,
+        idle_in_transaction_timeout: float | None = None,
         timeout: float = 30.0,
         max_waiting: int = 0,
         max_lifetime: float = 60 * 60.0,
@@ -116,6 +124,18 @@ class Pool:
         self.kwargs = kwargs
         self.connection_class = connection_class
         self.policy: Policy = self._config.policy
+        self.max_clients = check_max_clients(max_clients)
+        self.idle_in_transaction_timeout = (
+            None
+            if idle_in_transaction_timeout is None
+            else check_timeout(idle_in_transaction_timeout, "idle_in_transaction_timeout")
+        )
+        self._binds_on_connect = (
+            self.policy.decide(ClientState.IDLE, ClientEvent.CONNECT) is Action.BIND
+        )
+        #: the open clients (pooled connections), for max_clients and the client stats
+        self._clients: weakref.WeakSet[PooledConnection] = weakref.WeakSet()
+        self._pinned_logged = False
         self._configure = configure
         self._check = check
         self._reset = reset
@@ -296,9 +316,29 @@ class Pool:
 
     def connect(self, timeout: float | None = None) -> PooledConnection:
         """A pooled connection (a client), with psycopg Connection's API, held until its
-        ``close()``: a drop-in for ``psycopg.Connection.connect()``."""
-        slot = self._acquire(timeout)
-        return PooledConnection(self, slot)
+        ``close()``: a drop-in for ``psycopg.Connection.connect()``.
+
+        In session mode it takes its server connection now (``timeout`` applies here); in
+        transaction and statement modes it takes one for each transaction or statement.
+        """
+        core = self._core
+        if core.closed or not core.opened:
+            raise core.closed_error()
+        if self.max_clients and len(self._clients) >= self.max_clients:
+            raise TooManyClients(
+                f"pool {self.name!r} refused a new client: {len(self._clients)} of "
+                f"max_clients={self.max_clients} are open. Close the clients you are done with, "
+                "or raise max_clients"
+            )
+        client = PooledConnection(self)
+        if self._binds_on_connect:
+            try:
+                client._bind(timeout)
+            except BaseException:
+                client._closed = True
+                raise
+        self._clients.add(client)
+        return client
 
     def getconn(self, timeout: float | None = None) -> Connection[Any]:
         """Check out a raw psycopg connection; give it back with :meth:`putconn`
@@ -393,14 +433,25 @@ class Pool:
             return False
         return True
 
-    def _release(self, slot: Slot[Connection[Any]]) -> None:
+    def _release(
+        self,
+        slot: Slot[Connection[Any]],
+        dirty: bool = False,
+        unpin: bool = False,
+        counts: tuple[int, int] = (0, 0),
+    ) -> None:
+        """Take a connection back (``dirty``: a client changed its session; ``unpin``: the
+        client was pinned; ``counts``: the client's statements and transactions on it)."""
         try:
-            reusable = self._clean(slot)
+            reusable = self._clean(slot, dirty)
         except BaseException:  # cancelled while cleaning: its state is unknown, discard it
             self._discard(slot)
             raise
         with self._lock:
-            self._core.checkin(slot, monotonic(), reusable)
+            core = self._core
+            core.checkin(slot, monotonic(), reusable)
+            if unpin or counts[0]:
+                core.client_released(unpin, counts[0], counts[1])
         if self._core.work:
             self._do_work()
 
@@ -411,8 +462,12 @@ class Pool:
             self._core.checkin(slot, monotonic(), False)
         self._do_work()
 
-    def _clean(self, slot: Slot[Connection[Any]]) -> bool:
-        """Make a returned connection fit for the next client; False if it must be closed."""
+    def _clean(self, slot: Slot[Connection[Any]], dirty: bool = False) -> bool:
+        """Make a returned connection fit for the next client; False if it must be closed.
+
+        ``dirty``: the client changed its session (SET, LISTEN, temporary tables...), which a
+        DISCARD ALL undoes (psycopg then forgets its prepared statements too).
+        """
         conn = slot.conn
         status = conn.pgconn.transaction_status
         if status != _IDLE:
@@ -422,6 +477,13 @@ class Pool:
                 conn.rollback()
             except Exception as ex:
                 logger.warning("pool %r: rollback on return failed: %s", self.name, ex)
+                return False
+        if dirty:
+            try:
+                conn.set_autocommit(True)
+                conn.execute("DISCARD ALL")
+            except Exception as ex:
+                logger.warning("pool %r: session reset failed, discarding: %s", self.name, ex)
                 return False
         defaults = slot.defaults
         try:
@@ -470,6 +532,7 @@ class Pool:
         """Open one connection, retrying with backoff while the server is unreachable."""
         attempt = 0
         counted = True  # the core counts this attempt as in progress (``connecting``)
+        retrier = False  # this attempt is the one retrying an unreachable server
         try:
             while True:
                 t0 = monotonic()
@@ -480,7 +543,7 @@ class Pool:
                     with self._lock:
                         delay = self._core.connect_failed(now, _describe_error(ex), attempt)
                         gave_up = delay is not None and self._core.retry_gave_up(now)
-                    counted = delay is not None
+                    counted = retrier = delay is not None
                     if attempt == 0:
                         logger.warning(
                             "pool %r: connection attempt failed: %s",
@@ -494,7 +557,7 @@ class Pool:
                         return
                     if self._closing.wait_timeout(delay):
                         with self._lock:
-                            self._core.attempt_abandoned()
+                            self._core.attempt_abandoned(retrier)
                         counted = False
                         return
                     attempt += 1
@@ -503,7 +566,7 @@ class Pool:
                 defaults = (conn.autocommit, conn.isolation_level, conn.read_only, conn.deferrable)
                 now = monotonic()
                 with self._lock:
-                    slot = self._core.new_slot(conn, now, now - t0)
+                    slot = self._core.new_slot(conn, now, now - t0, retrier)
                     counted = False
                     slot.probe = probe
                     slot.defaults = defaults
@@ -515,7 +578,7 @@ class Pool:
         except BaseException:  # cancelled (the pool closing, the event loop ending)
             if counted:
                 with self._lock:
-                    self._core.attempt_abandoned()
+                    self._core.attempt_abandoned(retrier)
             raise
 
     def _connect(self) -> Connection[Any]:
@@ -553,24 +616,97 @@ class Pool:
     def _maintenance_worker(self) -> None:
         """Expire idle and old connections and keep min_size, until the pool closes."""
         delay = 0.0
+        limit = self.idle_in_transaction_timeout
         while not self._closing.wait_timeout(delay):
             with self._lock:
                 delay = self._core.maintain(monotonic())
             self._do_work()
+            if limit is not None:
+                self._reap_idle_transactions(limit)
+                delay = min(delay, max(0.05, limit / 4))
+
+    def _reap_idle_transactions(self, limit: float) -> None:
+        """Roll back the transactions of clients idle in them longer than ``limit``."""
+        now = monotonic()
+        for client in list(self._clients):
+            slot = client._slot
+            if slot is None or now - client._active_at < limit:
+                continue
+            status = slot.conn.pgconn.transaction_status
+            if (status != _INTRANS and status != _INERROR) or not client._guard.try_acquire():
+                continue  # no transaction, or the client is running something right now
+            try:
+                if client._slot is slot:
+                    client._abort_transaction(
+                        f"pool {self.name!r}: this connection's transaction was rolled back "
+                        f"after {now - client._active_at:.1f} s idle in transaction "
+                        f"(idle_in_transaction_timeout={limit:g} s); its work is lost: "
+                        "run the transaction again, without pausing inside it"
+                    )
+            except Exception as ex:
+                logger.warning("pool %r: could not abort an idle transaction: %s", self.name, ex)
+            finally:
+                client._guard.release()
+
+    # -- clients --------------------------------------------------------------------------------
+
+    def _client_defaults(self) -> tuple[Any, ...]:
+        """The settings a new client starts with: those of the pool's connections."""
+        kwargs = self.kwargs if isinstance(self.kwargs, Mapping) else {}
+        return (bool(kwargs.get("autocommit", False)), None, None, None)
+
+    def _client_pinned(self, detail: str) -> None:
+        with self._lock:
+            self._core.clients_pinned += 1
+            first = not self._pinned_logged
+            self._pinned_logged = True
+        if first:  # once per pool: pinning is a design choice of the application, not an event
+            logger.warning(
+                "pool %r (%s mode): a client changed session state (%s) and is pinned to its "
+                "server connection until it closes; this is logged once per pool, "
+                "see stats().clients_pinned",
+                self.name,
+                self.policy.name,
+                detail,
+            )
+
+    def _client_closed(self, client: PooledConnection) -> None:
+        self._clients.discard(client)
+
+    def _client_lost(self, slot: Slot[Connection[Any]] | None, pinned: bool) -> None:
+        """A client was garbage-collected without close(): its server connection, whose state
+        is unknown, is closed and replaced."""
+        if slot is None:
+            return
+        with self._lock:
+            self._core.checkin(slot, monotonic(), False)
+            if pinned:
+                self._core.client_released(True, 0, 0)
 
     # -- stats ----------------------------------------------------------------------------------
 
     def stats(self) -> PoolStats:
         """Live figures: gauges of now and counters since creation."""
         core = self._core
+        clients = idle = 0
+        pending = [0, 0]
+        for client in list(self._clients):
+            clients += 1
+            if client._slot is None:
+                idle += 1
+            pending[0] += client._statements
+            pending[1] += client._transactions
         with self._lock:
             return PoolStats(
                 name=self.name,
                 mode=self.policy.name,
                 min_size=core.min_size,
                 max_size=core.max_size,
+                clients_open=clients,
+                clients_idle=idle,
                 clients_active=core.in_use,
                 clients_waiting=len(core.waiters),
+                clients_pinned=core.clients_pinned,
                 servers_active=core.in_use,
                 servers_idle=len(core.idle),
                 servers_connecting=core.connecting,
@@ -586,6 +722,8 @@ class Pool:
                 connections_lost_total=core.connections_lost,
                 connections_closed_total=core.connections_closed,
                 returns_bad_total=core.returns_bad,
+                statements_total=core.statements + pending[0],
+                transactions_total=core.transactions + pending[1],
             )
 
     def get_stats(self) -> dict[str, int]:

@@ -24,10 +24,16 @@ class PoolStats:
     min_size: int
     max_size: int
 
-    #: clients holding a server connection now (checked out)
+    #: pooled connections open now (from pool.connect() or pool.connection())
+    clients_open: int
+    #: open pooled connections holding no server connection (between transactions)
+    clients_idle: int
+    #: clients holding a server connection now (pooled connections and getconn() users)
     clients_active: int
     #: clients queued for a server connection now
     clients_waiting: int
+    #: clients pinned to their server connection until they close (session state changed)
+    clients_pinned: int
     #: server connections handed out now
     servers_active: int
     #: server connections open and ready in the pool
@@ -60,6 +66,10 @@ class PoolStats:
     connections_closed_total: int
     #: connections returned broken or busy, and discarded
     returns_bad_total: int
+    #: statements run by pooled connections (counted when they release their server)
+    statements_total: int
+    #: transactions ended by pooled connections, an autocommit statement counting as one
+    transactions_total: int
 
     @property
     def servers_total(self) -> int:

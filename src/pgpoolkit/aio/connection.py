@@ -3,47 +3,205 @@
 ``pgpoolkit/connection.py`` is generated from ``pgpoolkit/aio/connection.py``
 by ``tools/async_to_sync.py``: edit the aio one.
 
-A pooled connection is what ``pool.connect()`` returns and ``pool.connection()`` yields. Code
-written for ``psycopg.AsyncConnection.connect()`` runs on it unchanged: the methods below are
-psycopg's, and any other attribute (``info``, ``adapters``, ``notifies``, ``pipeline``, ...) is
-the bound server connection's. ``close()`` gives the server connection back to the pool.
+A pooled connection is what ``pool.connect()`` returns and ``pool.connection()`` yields: a
+*client* of the pool. Code written for ``psycopg.AsyncConnection.connect()`` runs on it
+unchanged. It holds a server connection as its policy says (session mode: from connect to close;
+transaction mode: while a transaction is open; statement mode: for one statement), reports every
+event to the policy (``policies.py``) and carries out the answer: bind, release, pin, reset or
+refuse. The client's own settings (autocommit, isolation level, read-only, deferrable) live on
+the client and are applied to whichever server connection it is bound to.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from contextlib import AbstractAsyncContextManager
+import logging
+from collections.abc import AsyncIterator, Iterable
+from time import monotonic
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
-from psycopg import AsyncConnection, AsyncCursor, AsyncTransaction, IsolationLevel
+from psycopg import AsyncConnection, AsyncCursor, IsolationLevel
 from psycopg.abc import Params, Query
 from psycopg.pq import TransactionStatus
 
+from .._acompat import AGuard
 from .._core import Slot
+from .._session_state import PLAIN, StatementInfo, inspect_statement
+from ..errors import IdleInTransactionTimeout, PolicyViolation
+from ..policies import Action, ClientState, Event, Policy
 
 if TYPE_CHECKING:
     from .pool import AsyncPool
 
-__all__ = ["AsyncPooledConnection"]
+__all__ = ["AsyncPooledConnection", "AsyncPooledCursor"]
+
+logger = logging.getLogger("pgpoolkit")
+
+_IDLE = TransactionStatus.IDLE
+_INTRANS = TransactionStatus.INTRANS
 
 
 class AsyncPooledConnection:
-    """A client of an :class:`AsyncPool` (asyncio), used like a psycopg AsyncConnection."""
+    """A client of an :class:`AsyncPool`, used like a psycopg AsyncConnection."""
 
-    __slots__ = ("__weakref__", "_closed", "_conn", "_pool", "_slot")
+    __slots__ = (
+        "__weakref__",
+        "_aborted",
+        "_active_at",
+        "_closed",
+        "_dirty",
+        "_guard",
+        "_holds",
+        "_pinned",
+        "_policy",
+        "_pool",
+        "_releases_when_idle",
+        "_settings",
+        "_slot",
+        "_statements",
+        "_transactions",
+    )
 
-    def __init__(self, pool: AsyncPool, slot: Slot[AsyncConnection[Any]]) -> None:
+    def __init__(self, pool: AsyncPool) -> None:
         self._pool = pool
-        self._slot = slot
-        self._conn = slot.conn
+        self._policy: Policy = pool.policy
+        self._slot: Slot[AsyncConnection[Any]] | None = None
         self._closed = False
+        #: the session was changed (SET, LISTEN...): reset it when the server connection goes
+        self._dirty = False
+        self._pinned = False
+        #: open blocks that must keep the server connection (transaction(), copy, pipeline)
+        self._holds = 0
+        #: the settings the client chose (autocommit, isolation, read-only, deferrable), or None
+        self._settings: tuple[Any, ...] | None = None
+        self._statements = 0
+        self._transactions = 0
+        #: held while the client runs something on its server connection: the pool's
+        #: idle_in_transaction_timeout only takes a transaction from a client that holds none
+        self._guard = AGuard()
+        self._active_at = 0.0
+        #: why the client lost its transaction (idle_in_transaction_timeout), for its next use
+        self._aborted: str | None = None
+        self._releases_when_idle = (
+            self._policy.decide(ClientState.BOUND, Event.IDLE_AFTER) is Action.RELEASE
+        )
+        if self._policy.autocommit is not None:
+            self._settings = (self._policy.autocommit, *pool._client_defaults()[1:])
 
-    def _server(self) -> AsyncConnection[Any]:
+    # -- binding --------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> ClientState:
+        """Where the client stands: idle, bound, in transaction or pinned."""
+        if self._slot is None:
+            return ClientState.IDLE
+        if self._pinned:
+            return ClientState.PINNED
+        if self._slot.conn.pgconn.transaction_status == _IDLE:
+            return ClientState.BOUND
+        return ClientState.IN_TRANSACTION
+
+    def _enter(self) -> None:
+        """Start using the server connection (end with ``_leave()`` or ``_done()``)."""
         if self._closed:
             raise psycopg.OperationalError("the connection is closed")
-        return self._conn
+        self._guard.acquire()
+        if self._aborted is not None:
+            message, self._aborted = self._aborted, None
+            self._guard.release()
+            raise IdleInTransactionTimeout(message)
+
+    def _leave(self) -> None:
+        self._active_at = monotonic()
+        self._guard.release()
+
+    async def _server_for(self, event: Event, info: StatementInfo = PLAIN) -> AsyncConnection[Any]:
+        """The server connection to run ``event`` on, after asking the policy. The caller
+        ends with ``_done()``."""
+        self._enter()
+        try:
+            if info is not PLAIN:
+                if info.begins:
+                    await self._on(Event.BEGIN, "an explicit BEGIN")
+                if info.changes:
+                    await self._on(Event.SESSION_STATE, info.detail)
+            slot = self._slot
+            if slot is None:
+                policy = self._policy
+                if policy.decide(ClientState.IDLE, event) is Action.REFUSE:
+                    raise PolicyViolation(policy.refusal(event, ""))
+                slot = await self._bind()
+            return slot.conn
+        except BaseException:
+            self._leave()
+            raise
+
+    async def _on(self, event: Event, detail: str) -> None:
+        action = self._policy.decide(self.state, event, detail)
+        if action is Action.REFUSE:
+            raise PolicyViolation(self._policy.refusal(event, detail))
+        if action is Action.RESET:
+            self._dirty = True
+        elif action is Action.PIN and not self._pinned:
+            if self._slot is None:
+                await self._bind()
+            self._pinned = self._dirty = True
+            self._pool._client_pinned(detail)
+
+    async def _bind(self, timeout: float | None = None) -> Slot[AsyncConnection[Any]]:
+        slot = await self._pool._acquire(timeout)
+        if self._settings is not None:
+            try:
+                await _apply_settings(slot.conn, self._settings)
+            except BaseException:
+                await self._pool._release(slot)
+                raise
+        self._slot = slot
+        return slot
+
+    async def _unbind(self) -> None:
+        slot = self._slot
+        if slot is None:
+            return
+        self._slot = None
+        dirty, pinned = self._dirty, self._pinned
+        self._dirty = self._pinned = False
+        counts = (self._statements, self._transactions)
+        self._statements = self._transactions = 0
+        await self._pool._release(slot, dirty=dirty, unpin=pinned, counts=counts)
+
+    async def _done(self) -> None:
+        """After a statement, commit or rollback: count it, and release if the policy says."""
+        try:
+            slot = self._slot
+            if slot is None:
+                return
+            self._statements += 1
+            if slot.conn.pgconn.transaction_status == _IDLE:
+                self._transactions += 1
+                if self._releases_when_idle and not self._pinned and not self._holds:
+                    await self._unbind()
+        finally:
+            self._leave()
+
+    async def _abort_transaction(self, message: str) -> None:
+        """Take the transaction away from a client idle in it too long (the pool's
+        idle_in_transaction_timeout; the caller holds the guard): rolled back, the server
+        connection released (kept if pinned), and the client told at its next use."""
+        self._aborted = message
+        slot = self._slot
+        if slot is None:
+            return
+        if self._pinned:
+            try:
+                await slot.conn.rollback()
+            except Exception:  # a transaction() block is open: the connection must go
+                self._pinned = False
+                self._dirty = True
+                await self._unbind()
+        else:
+            await self._unbind()
 
     # -- queries --------------------------------------------------------------------------------
 
@@ -55,85 +213,126 @@ class AsyncPooledConnection:
         prepare: bool | None = None,
         binary: bool = False,
     ) -> AsyncCursor[Any]:
-        """Run a query and return a cursor to read its result (psycopg's
-        ``AsyncConnection.execute``)."""
-        if self._closed:
-            raise psycopg.OperationalError("the connection is closed")
-        # cast: psycopg's overloads split t-string templates (3.3) from other queries
-        return await self._conn.execute(cast(Any, query), params, prepare=prepare, binary=binary)
+        """Run a query and return a cursor with its result (psycopg's ``execute``). The result
+        stays readable after the server connection is released."""
+        info = inspect_statement(query) if isinstance(query, str) else _inspect_other(query)
+        conn = await self._server_for(Event.STATEMENT, info)
+        try:
+            # cast: psycopg's overloads split t-string templates (3.3) from other queries
+            return await conn.execute(cast(Any, query), params, prepare=prepare, binary=binary)
+        finally:
+            await self._done()
 
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
-        """A cursor on the server connection (client-side, or server-side with ``name=``)."""
-        return self._server().cursor(*args, **kwargs)
+        """A cursor running its queries through this client (``name=`` for a server-side
+        cursor: it needs an open transaction and keeps the server connection while it runs)."""
+        if self._closed:
+            raise psycopg.OperationalError("the connection is closed")
+        return AsyncPooledCursor(self, args, kwargs)
 
     def transaction(
         self, savepoint_name: str | None = None, force_rollback: bool = False
-    ) -> AbstractAsyncContextManager[AsyncTransaction]:
-        """A transaction block (a savepoint if one is already open)."""
-        return self._server().transaction(savepoint_name, force_rollback)
+    ) -> _AsyncTransactionBlock:
+        """A transaction block (a savepoint if one is already open): the client holds its
+        server connection for the block."""
+        return _AsyncTransactionBlock(self, savepoint_name, force_rollback)
+
+    def pipeline(self) -> _AsyncHoldBlock:
+        """A pipeline block: the client holds its server connection for the block."""
+        return _AsyncHoldBlock(self, "pipeline")
 
     async def commit(self) -> None:
-        await self._server().commit()
+        self._enter()
+        try:
+            if self._slot is not None:
+                await self._slot.conn.commit()
+        finally:
+            await self._done()
 
     async def rollback(self) -> None:
-        await self._server().rollback()
+        self._enter()
+        try:
+            if self._slot is not None:
+                await self._slot.conn.rollback()
+        finally:
+            await self._done()
 
-    # -- the settings a client may change: the pool restores them on return ---------------------
+    # -- the settings a client may change, kept on the client ------------------------------------
+
+    def _setting(self, index: int) -> Any:
+        if self._slot is not None:
+            return _read_settings(self._slot.conn)[index]
+        if self._settings is not None:
+            return self._settings[index]
+        return self._pool._client_defaults()[index]
+
+    async def _change_setting(self, index: int, value: Any) -> None:
+        if self._closed:
+            raise psycopg.OperationalError("the connection is closed")
+        if index == 0 and not value:
+            await self._on(Event.BEGIN, "autocommit = False")
+        current = self._settings or (
+            _read_settings(self._slot.conn) if self._slot else self._pool._client_defaults()
+        )
+        settings = (*current[:index], value, *current[index + 1 :])
+        if self._slot is not None:
+            await _apply_settings(self._slot.conn, settings)
+        self._settings = settings
 
     @property
     def autocommit(self) -> bool:
-        return self._server().autocommit
+        return bool(self._setting(0))
 
     @autocommit.setter
     def autocommit(self, value: bool) -> None:
-        self._server().autocommit = value
+        _no_set_async("autocommit")  # sync: self.set_autocommit(value)
 
     async def set_autocommit(self, value: bool) -> None:
-        await self._server().set_autocommit(value)
+        await self._change_setting(0, bool(value))
 
     @property
     def isolation_level(self) -> IsolationLevel | None:
-        return self._server().isolation_level
+        return cast("IsolationLevel | None", self._setting(1))
 
     @isolation_level.setter
     def isolation_level(self, value: IsolationLevel | None) -> None:
-        self._server().isolation_level = value
+        _no_set_async("isolation_level")  # sync: self.set_isolation_level(value)
 
     async def set_isolation_level(self, value: IsolationLevel | None) -> None:
-        await self._server().set_isolation_level(value)
+        await self._change_setting(1, None if value is None else IsolationLevel(value))
 
     @property
     def read_only(self) -> bool | None:
-        return self._server().read_only
+        return cast("bool | None", self._setting(2))
 
     @read_only.setter
     def read_only(self, value: bool | None) -> None:
-        self._server().read_only = value
+        _no_set_async("read_only")  # sync: self.set_read_only(value)
 
     async def set_read_only(self, value: bool | None) -> None:
-        await self._server().set_read_only(value)
+        await self._change_setting(2, None if value is None else bool(value))
 
     @property
     def deferrable(self) -> bool | None:
-        return self._server().deferrable
+        return cast("bool | None", self._setting(3))
 
     @deferrable.setter
     def deferrable(self, value: bool | None) -> None:
-        self._server().deferrable = value
+        _no_set_async("deferrable")  # sync: self.set_deferrable(value)
 
     async def set_deferrable(self, value: bool | None) -> None:
-        await self._server().set_deferrable(value)
+        await self._change_setting(3, None if value is None else bool(value))
 
     # -- life cycle -----------------------------------------------------------------------------
 
     @property
     def closed(self) -> bool:
-        """True once closed (returned to the pool), or if the server connection died."""
-        return self._closed or self._conn.closed
+        """True once closed, or if the server connection it holds died."""
+        return self._closed or (self._slot is not None and self._slot.conn.closed)
 
     @property
     def broken(self) -> bool:
-        return self._conn.broken
+        return self._slot is not None and self._slot.conn.broken
 
     @property
     def pool(self) -> AsyncPool:
@@ -142,11 +341,14 @@ class AsyncPooledConnection:
 
     async def close(self) -> None:
         """Give the server connection back to the pool (rolled back if a transaction is
-        open). Closing twice does nothing."""
+        open, reset if the session was changed). Closing twice does nothing."""
         if self._closed:
             return
         self._closed = True
-        await self._pool._release(self._slot)
+        try:
+            await self._unbind()
+        finally:
+            self._pool._client_closed(self)
 
     async def __aenter__(self) -> AsyncPooledConnection:
         return self
@@ -161,25 +363,266 @@ class AsyncPooledConnection:
         if self._closed:
             return
         try:
-            if exc_type is None and not self._conn.closed:
-                await self._conn.commit()
+            if exc_type is None and self._slot is not None and not self._slot.conn.closed:
+                await self._slot.conn.commit()
         finally:
             # a failed commit or an exception: the pool rolls back what is still open
             await self.close()
 
+    def __del__(self) -> None:
+        # a client dropped without close(): give its server connection back all the same
+        if not getattr(self, "_closed", True):
+            self._pool._client_lost(self._slot, self._pinned)
+
     def __getattr__(self, name: str) -> Any:
-        # everything else of psycopg's API (info, pgconn, adapters, notifies, pipeline, ...)
+        # the rest of psycopg's API (info, pgconn, adapters, notifies...) is the bound server
+        # connection's; an unbound client has none to offer
         if name.startswith("__"):
             raise AttributeError(name)
-        return getattr(self._server(), name)
+        if self._closed:
+            raise psycopg.OperationalError("the connection is closed")
+        if self._slot is None:
+            if not hasattr(AsyncConnection, name):
+                raise AttributeError(name)
+            raise PolicyViolation(
+                f"{self._policy.name} pooling mode: '{name}' belongs to a server connection "
+                "and this client holds none between transactions: use it inside a "
+                "transaction(), set it up in the pool's configure callback, or use "
+                "mode='session'"
+            )
+        return getattr(self._slot.conn, name)
 
     def __dir__(self) -> Iterable[str]:
-        return sorted(set(super().__dir__()) | set(dir(self._conn)))
+        return sorted(set(super().__dir__()) | set(dir(AsyncConnection)))
 
     def __repr__(self) -> str:
-        status = TransactionStatus(self._conn.pgconn.transaction_status)
-        state = "closed" if self._closed else status.name
+        state = "closed" if self._closed else self.state.value
         return (
-            f"<{type(self).__name__} pool={self._pool.name!r} mode={self._pool.policy.name} "
+            f"<{type(self).__name__} pool={self._pool.name!r} mode={self._policy.name} "
             f"[{state}] at 0x{id(self):x}>"
         )
+
+
+class AsyncPooledCursor:
+    """A cursor of a pooled connection: each execute runs through the client (and its
+    policy); the results stay readable after the server connection is released."""
+
+    __slots__ = ("_args", "_client", "_cursor", "_kwargs")
+
+    def __init__(
+        self, client: AsyncPooledConnection, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        self._client = client
+        self._args = args
+        self._kwargs = kwargs
+        self._cursor: Any = None
+
+    async def _open(self, info: StatementInfo) -> Any:
+        client = self._client
+        conn = await client._server_for(Event.STATEMENT, info)
+        if self._cursor is None or self._cursor.connection is not conn:
+            if self._kwargs.get("name") is not None and self._cursor is not None:
+                raise PolicyViolation(
+                    f"{client._policy.name} pooling mode: a server-side cursor lives in its "
+                    "transaction: open it and read it inside one transaction()"
+                )
+            self._cursor = conn.cursor(*self._args, **self._kwargs)
+        return self._cursor
+
+    async def execute(self, query: Query, params: Params | None = None, **kwargs: Any) -> Any:
+        info = inspect_statement(query) if isinstance(query, str) else PLAIN
+        cursor = await self._open(info)
+        try:
+            await cursor.execute(query, params, **kwargs)
+        finally:
+            await self._client._done()
+        return self
+
+    async def executemany(self, query: Query, params_seq: Any, **kwargs: Any) -> None:
+        info = inspect_statement(query) if isinstance(query, str) else PLAIN
+        cursor = await self._open(info)
+        try:
+            await cursor.executemany(query, params_seq, **kwargs)
+        finally:
+            await self._client._done()
+
+    async def stream(self, query: Query, params: Params | None = None, **kwargs: Any
+                     ) -> AsyncIterator[Any]:
+        info = inspect_statement(query) if isinstance(query, str) else PLAIN
+        cursor = await self._open(info)
+        self._client._holds += 1
+        try:
+            async for row in cursor.stream(query, params, **kwargs):
+                yield row
+        finally:
+            self._client._holds -= 1
+            await self._client._done()
+
+    def copy(self, statement: Query, params: Params | None = None, **kwargs: Any
+             ) -> _AsyncCopyBlock:
+        return _AsyncCopyBlock(self, statement, params, kwargs)
+
+    async def fetchone(self) -> Any:
+        return await self._result().fetchone()
+
+    async def fetchmany(self, size: int = 0) -> list[Any]:
+        return cast("list[Any]", await self._result().fetchmany(size))
+
+    async def fetchall(self) -> list[Any]:
+        return cast("list[Any]", await self._result().fetchall())
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return cast("AsyncIterator[Any]", self._result().__aiter__())
+
+    def _result(self) -> Any:
+        if self._cursor is None:
+            raise psycopg.ProgrammingError("no result available: execute a query first")
+        return self._cursor
+
+    async def close(self) -> None:
+        if self._cursor is not None:
+            await self._cursor.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._cursor is not None and bool(self._cursor.closed)
+
+    async def __aenter__(self) -> AsyncPooledCursor:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    def __getattr__(self, name: str) -> Any:
+        # description, rowcount, statusmessage, pgresult, nextset, scroll, row_factory...
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._result(), name)
+
+
+class _AsyncHoldBlock:
+    """A block during which the client keeps its server connection (pipeline)."""
+
+    def __init__(self, client: AsyncPooledConnection, what: str) -> None:
+        self._client = client
+        self._what = what
+        self._block: Any = None
+
+    async def __aenter__(self) -> Any:
+        conn = await self._client._server_for(Event.STATEMENT)
+        return await self._enter_block(getattr(conn, self._what)())
+
+    async def _enter_block(self, block: Any) -> Any:
+        client = self._client
+        client._holds += 1
+        try:
+            self._block = block
+            entered = await block.__aenter__()
+        except BaseException:
+            client._holds -= 1
+            await client._done()
+            raise
+        client._leave()  # idle inside the block counts as idle in transaction
+        return entered
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> Any:
+        client = self._client
+        client._holds -= 1
+        client._enter()  # raises if the transaction was taken away (idle too long)
+        try:
+            return await self._block.__aexit__(exc_type, exc_val, exc_tb)
+        finally:
+            await client._done()
+
+
+class _AsyncTransactionBlock(_AsyncHoldBlock):
+    """``conn.transaction()``: refused by statement mode before anything reaches the server."""
+
+    def __init__(
+        self, client: AsyncPooledConnection, savepoint_name: str | None, force_rollback: bool
+    ) -> None:
+        super().__init__(client, "transaction")
+        self._savepoint_name = savepoint_name
+        self._force_rollback = force_rollback
+
+    async def __aenter__(self) -> Any:
+        client = self._client
+        await client._on(Event.BEGIN, "transaction()")
+        conn = await client._server_for(Event.BEGIN)
+        return await self._enter_block(conn.transaction(self._savepoint_name, self._force_rollback))
+
+
+class _AsyncCopyBlock:
+    """``cursor.copy()``: the client keeps its server connection until the COPY ends."""
+
+    def __init__(
+        self, cursor: AsyncPooledCursor, statement: Query, params: Params | None,
+        kwargs: dict[str, Any],
+    ) -> None:
+        self._cursor = cursor
+        self._args = (statement, params)
+        self._kwargs = kwargs
+        self._block: Any = None
+
+    async def __aenter__(self) -> Any:
+        cursor = await self._cursor._open(PLAIN)
+        client = self._cursor._client
+        client._holds += 1
+        try:
+            self._block = cursor.copy(*self._args, **self._kwargs)
+            return await self._block.__aenter__()
+        except BaseException:
+            client._holds -= 1
+            await client._done()
+            raise
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> Any:
+        client = self._cursor._client
+        try:
+            return await self._block.__aexit__(exc_type, exc_val, exc_tb)
+        finally:
+            client._holds -= 1
+            await client._done()
+
+
+def _read_settings(conn: AsyncConnection[Any]) -> tuple[Any, ...]:
+    return (conn.autocommit, conn.isolation_level, conn.read_only, conn.deferrable)
+
+
+async def _apply_settings(conn: AsyncConnection[Any], settings: tuple[Any, ...]) -> None:
+    """Give a server connection the client's settings (no round trip: psycopg keeps them)."""
+    autocommit, isolation_level, read_only, deferrable = settings
+    if conn.autocommit is not autocommit:
+        await conn.set_autocommit(autocommit)
+    if conn.isolation_level is not isolation_level:
+        await conn.set_isolation_level(isolation_level)
+    if conn.read_only is not read_only:
+        await conn.set_read_only(read_only)
+    if conn.deferrable is not deferrable:
+        await conn.set_deferrable(deferrable)
+
+
+def _inspect_other(query: Any) -> StatementInfo:
+    """bytes and psycopg.sql objects: inspect their text when it can be had cheaply."""
+    if isinstance(query, bytes):
+        return inspect_statement(query.decode("utf-8", "replace"))
+    if isinstance(query, psycopg.sql.SQL):
+        return inspect_statement(query.as_string(None))
+    return PLAIN  # Composed: built per call from parts; the release reset covers it
+
+
+def _no_set_async(attribute: str) -> None:  # async-only
+    raise AttributeError(  # async-only
+        f"the {attribute!r} property is read-only on async connections: "  # async-only
+        f"please use 'await .set_{attribute}()' instead"  # async-only
+    )  # async-only
