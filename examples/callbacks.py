@@ -20,9 +20,10 @@ def configure(conn: psycopg.Connection[Any]) -> None:
 
 
 def reset(conn: psycopg.Connection[Any]) -> None:
-    """Runs on every return, after the pool rolled back what was open."""
-    conn.execute("RESET ALL")  # undo SETs a client made (configure runs only once, so re-apply)
-    conn.execute("SET statement_timeout = '5s'")
+    """Runs on every return, after the pool rolled back what was open (and, if the client
+    changed its session, after the pool's DISCARD ALL and a new run of configure)."""
+    conn.execute("SELECT 1")  # e.g. note the connection's return somewhere
+    conn.commit()  # reset must leave no transaction open
 
 
 def current_dsn() -> str:

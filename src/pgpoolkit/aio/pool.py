@@ -485,6 +485,11 @@ class AsyncPool:
             try:
                 await conn.set_autocommit(True)
                 await conn.execute("DISCARD ALL")
+                if self._configure is not None:  # DISCARD ALL undid what configure set up
+                    await conn.set_autocommit(slot.defaults[0])
+                    await self._configure(conn)
+                    if conn.pgconn.transaction_status != _IDLE:
+                        raise e.ProgrammingError("configure left a transaction open")
             except Exception as ex:
                 logger.warning("pool %r: session reset failed, discarding: %s", self.name, ex)
                 return False
