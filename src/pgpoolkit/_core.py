@@ -248,10 +248,16 @@ class PoolCore(Generic[T]):
         return max(0, min(need, room))
 
     def new_slot(
-        self, conn: T, now: float, connect_seconds: float, retrier: bool = False
+        self,
+        conn: T,
+        now: float,
+        connect_seconds: float,
+        retrier: bool = False,
+        generation: int | None = None,
     ) -> Slot[T]:
-        """Account a successful connection attempt (``retrier``: the one that was retrying);
-        returns its slot (not yet placed). The server answers again: attempts may start."""
+        """Account a successful connection attempt (``retrier``: the one that was retrying;
+        ``generation``: the pool's generation when the attempt started); returns its slot (not
+        yet placed). The server answers again: attempts may start."""
         self.connecting -= 1
         self.connections_opened += 1
         self.connect_ms += connect_seconds * 1000.0
@@ -260,13 +266,19 @@ class PoolCore(Generic[T]):
             self.retrier = False
         self.last_error = None
         lifetime = self.max_lifetime * (1.0 - LIFETIME_JITTER * self._rng.random())
-        slot = Slot(conn, now, now + lifetime, self.generation)
+        slot = Slot(
+            conn, now, now + lifetime, self.generation if generation is None else generation
+        )
         self.slots[conn] = slot
         return slot
 
     def place(self, slot: Slot[T], now: float) -> None:
         """Put a new connection to use: to the oldest waiter, or on the idle stack."""
-        if self.closed or len(self.idle) + self.in_use + self.connecting >= self.max_size:
+        if (
+            self.closed
+            or slot.generation != self.generation  # started before a drain(): not wanted
+            or len(self.idle) + self.in_use + self.connecting >= self.max_size
+        ):
             self._close(slot)
         else:
             self._hand_over(slot, now)
@@ -280,6 +292,8 @@ class PoolCore(Generic[T]):
         self.last_error = error
         if attempt == 0:
             if self.retrier or self.closed:
+                # stand down, and hold back new attempts until the retrier's next try
+                self.retrying = self.retrier
                 self.connecting -= 1
                 return None
             self.retrier = True

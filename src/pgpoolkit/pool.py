@@ -541,6 +541,7 @@ class Pool:
         try:
             while True:
                 t0 = monotonic()
+                generation = self._core.generation
                 try:
                     conn = self._connect()
                 except Exception as ex:
@@ -571,7 +572,7 @@ class Pool:
                 defaults = (conn.autocommit, conn.isolation_level, conn.read_only, conn.deferrable)
                 now = monotonic()
                 with self._lock:
-                    slot = self._core.new_slot(conn, now, now - t0, retrier)
+                    slot = self._core.new_slot(conn, now, now - t0, retrier, generation)
                     counted = False
                     slot.probe = probe
                     slot.defaults = defaults

@@ -544,6 +544,7 @@ class AsyncPool:
         try:
             while True:
                 t0 = monotonic()
+                generation = self._core.generation
                 try:
                     conn = await self._connect()
                 except Exception as ex:
@@ -574,7 +575,7 @@ class AsyncPool:
                 defaults = (conn.autocommit, conn.isolation_level, conn.read_only, conn.deferrable)
                 now = monotonic()
                 with self._lock:
-                    slot = self._core.new_slot(conn, now, now - t0, retrier)
+                    slot = self._core.new_slot(conn, now, now - t0, retrier, generation)
                     counted = False
                     slot.probe = probe
                     slot.defaults = defaults
