@@ -15,6 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks" / "bench_checkout.py"
+BENCH_MODES = ROOT / "benchmarks" / "bench_modes.py"
 
 
 def run(
@@ -239,3 +240,59 @@ def test_benchmark_unreachable_dsn_exits_2() -> None:
     assert p.returncode == 2
     assert "Traceback" not in p.stderr
     assert "can't connect" in p.stderr
+
+
+def test_bench_modes_smoke_table(dsn: str) -> None:
+    p = run(
+        str(BENCH_MODES),
+        *shlex.split(
+            "--rounds 1 --seconds 0.1 --many-seconds 0.2 --warmup 0.02 --threads 1 --tasks 2 "
+            "--many-threads 12 --many-tasks 30 --pgbouncer off"
+        ),
+        "--dsn",
+        dsn,
+        timeout=120,
+    )
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "Traceback" not in p.stderr
+    out = p.stdout
+    titles = (
+        "per-statement, 1 thread",
+        "per-statement asyncio, 2 tasks",
+        "many-clients, 12 threads",
+        "many-clients asyncio, 30 tasks",
+    )
+    for title in titles:
+        assert f"\n{title}\n" in out, out
+    lines = out.splitlines()
+    assert len([line for line in lines if "time/session" in line and "cpu/session" in line]) == 2
+    assert len([line for line in lines if "server conns" in line]) == 2
+    for contender in (
+        "raw psycopg",
+        "pgpoolkit session",
+        "pgpoolkit transaction",
+        "pgpoolkit statement",
+        "pgpoolkit transaction, conn.autocommit=True",
+        "raw psycopg, + commit",
+        "pgpoolkit session, + commit",
+        "pgpoolkit transaction, + commit",
+    ):
+        rows = [line for line in lines if line.startswith(f"  {contender}  ")]
+        assert len(rows) == 2, (contender, out)  # threads and asyncio
+    # the session contenders are their own baseline; raw psycopg is its own raw baseline
+    for line in lines:
+        if line.startswith(("  pgpoolkit session  ", "  pgpoolkit session, + commit  ")):
+            assert line.split()[-3] == "1.00", line
+        if line.startswith(("  raw psycopg  ", "  raw psycopg, + commit  ")):
+            assert line.split()[-1] == "1.00", line
+    # many clients: every pool stays within its 10 server connections, and was seen using them
+    many = [line for line in lines if "persistent clients" in line or "per unit" in line]
+    many = [line for line in many if line.startswith("  pgpoolkit") or "psycopg_pool," in line]
+    assert len(many) == 4, out
+    for line in many:
+        peak = int(line.split("peak ")[1].split()[0])
+        assert 1 <= peak <= 10, line
+    assert "pgbouncer transaction" not in out
+    assert "pgbouncer: skipped (--pgbouncer off)" in out
+    target = [line for line in lines if "x session (" in line]
+    assert len(target) == 4, out  # transaction and transaction + commit, threads and asyncio
