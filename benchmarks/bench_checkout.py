@@ -1,21 +1,27 @@
 """Checkout cost of pgpoolkit next to psycopg_pool, and a SELECT 1 next to raw psycopg.
 
     python benchmarks/bench_checkout.py [--dsn DSN] [--rounds N] [--seconds S]
-                                        [--threads 1,4] [--only TEXT] [--json]
+                                        [--threads 1,4] [--select1 1,4,16] [--pin]
+                                        [--only TEXT] [--json]
 
-Scenarios (each with 1 and 4 threads, or asyncio tasks):
+Scenarios:
 
-- checkout: acquire + release with no query, through pgpoolkit ``Pool.getconn/putconn`` and
-  ``pool.connection()``, and psycopg_pool ``ConnectionPool.getconn/putconn`` and
-  ``.connection()``; the ratio is pgpoolkit's time per checkout over psycopg_pool's, API for API.
-- checkout-asyncio: the same with ``AsyncPool`` and ``AsyncConnectionPool``.
-- select1: one ``SELECT 1`` per unit: raw persistent psycopg connections (one per thread: the
-  limit a pool can approach), pgpoolkit ``pool.connection()``, psycopg_pool ``.connection()``;
-  the ratio is throughput over raw psycopg's.
+- checkout (1 and 4 threads): acquire + release with no query, through pgpoolkit
+  ``Pool.getconn/putconn`` and ``pool.connection()``, and psycopg_pool
+  ``ConnectionPool.getconn/putconn`` and ``.connection()``; the ratio is pgpoolkit's time per
+  checkout over psycopg_pool's, API for API.
+- checkout-asyncio (1 and 4 tasks): the same with ``AsyncPool`` and ``AsyncConnectionPool``.
+- with ``--pin``, both again with the benchmark's threads pinned to one CPU.
+- select1 (1, 4 and 16 threads): one ``SELECT 1`` per unit: raw persistent psycopg connections
+  (one per thread: the limit a pool can approach), pgpoolkit ``pool.connection()``,
+  psycopg_pool ``.connection()``; the ratio is throughput over raw psycopg's.
+- select1-asyncio (1, 4 and 16 tasks): the same with ``AsyncPool``, ``AsyncConnectionPool`` and
+  ``psycopg.AsyncConnection``.
 
 Every pool has min_size = max_size = 10 and is full before anything is measured. Without
 ``--dsn`` (or ``PGPOOLKIT_DSN``) a throwaway local PostgreSQL is started and removed at the end.
-See benchmarks/README.md for the method.
+The issue's targets for these scenarios are printed below the tables. See
+benchmarks/README.md for the method.
 """
 
 from __future__ import annotations
@@ -33,9 +39,13 @@ from typing import Any
 
 import psycopg
 import psycopg_pool
+from _common import Target, counts, fmt, print_targets
 from harness import (
     Contender,
+    Result,
     Scenario,
+    can_pin,
+    pinned,
     print_table,
     results_json,
     run_scenarios,
@@ -54,6 +64,7 @@ PK_CONTEXT = "pgpoolkit connection()"
 PP_GETCONN = "psycopg_pool getconn/putconn"
 PP_CONTEXT = "psycopg_pool connection()"
 RAW = "raw psycopg (1 conn per thread)"
+RAW_ASYNC = "raw psycopg (1 conn per task)"
 
 Op = Callable[[], object]
 AOp = Callable[[], Coroutine[Any, Any, object]]
@@ -268,6 +279,115 @@ def select1_threads(dsn: str, n: int) -> Scenario:
     )
 
 
+def select1_tasks(dsn: str, n: int) -> Scenario:
+    @contextmanager
+    def setup() -> Iterator[Sequence[Contender]]:
+        loop = asyncio.new_event_loop()
+        run = loop.run_until_complete
+        with ExitStack() as stack:
+            stack.callback(loop.close)
+            raws: list[psycopg.AsyncConnection[Any]] = []
+            for _ in range(n):
+                raw_conn = run(
+                    psycopg.AsyncConnection.connect(
+                        dsn, autocommit=True, application_name="bench-raw-async"
+                    )
+                )
+                raws.append(raw_conn)
+                stack.callback(run, raw_conn.close())
+            pk = pgpoolkit.AsyncPool(
+                dsn,
+                min_size=POOL_SIZE,
+                max_size=POOL_SIZE,
+                kwargs={"application_name": "bench-pgpoolkit-async", "autocommit": True},
+            )
+            run(pk.open(wait=True, timeout=30.0))
+            stack.callback(lambda: run(pk.close()))
+            pp: psycopg_pool.AsyncConnectionPool = psycopg_pool.AsyncConnectionPool(
+                dsn,
+                open=False,
+                min_size=POOL_SIZE,
+                max_size=POOL_SIZE,
+                kwargs={"application_name": "bench-psycopg_pool-async", "autocommit": True},
+            )
+            run(pp.open(wait=True, timeout=30.0))
+            stack.callback(lambda: run(pp.close()))
+
+            def raw(i: int) -> AOp:
+                conn = raws[i]
+
+                async def op() -> None:
+                    await (await conn.execute("SELECT 1")).fetchone()
+
+                return op
+
+            def pk_context(_: int) -> AOp:
+                async def op() -> None:
+                    async with pk.connection() as conn:
+                        await (await conn.execute("SELECT 1")).fetchone()
+
+                return op
+
+            def pp_context(_: int) -> AOp:
+                async def op() -> None:
+                    async with pp.connection() as conn:
+                        await (await conn.execute("SELECT 1")).fetchone()
+
+                return op
+
+            yield [
+                Contender(RAW_ASYNC, partial(run_tasks, loop, n, raw)),
+                Contender(PK_CONTEXT, partial(run_tasks, loop, n, pk_context)),
+                Contender(PP_CONTEXT, partial(run_tasks, loop, n, pp_context)),
+            ]
+
+    return Scenario(
+        f"select1-asyncio, {_plural(n, 'task')}",
+        setup,
+        ratio="throughput",
+        baseline=RAW_ASYNC,
+        description="one SELECT 1 per unit, autocommit; AsyncPool and AsyncConnectionPool "
+        "of 10, full",
+    )
+
+
+# -- targets ---------------------------------------------------------------------------------------
+
+#: pgpoolkit's time per checkout at most this times psycopg_pool's
+CHECKOUT_TARGET = 0.5
+#: select1 throughput at least this times raw persistent connections': 4 threads, 16 tasks
+SELECT1_TARGETS = {"select1, 4 threads": 0.95, "select1-asyncio, 16 tasks": 0.90}
+
+
+def targets(results: Sequence[Result]) -> list[Target]:
+    """The issue's checkout-only and select1 targets, for the scenarios that ran."""
+    out: list[Target] = []
+    for r in results:
+        if r.scenario.startswith("checkout") and r.contender in (PK_GETCONN, PK_CONTEXT):
+            ratio = r.ratio
+            api = "getconn/putconn" if r.contender == PK_GETCONN else "connection()"
+            out.append(
+                Target(
+                    f"{r.scenario}: {api}",
+                    f"<= {CHECKOUT_TARGET:.2f} x psycopg_pool's time",
+                    f"{fmt(ratio)} x psycopg_pool's time per checkout",
+                    None if ratio is None or ratio != ratio else ratio <= CHECKOUT_TARGET,
+                )
+            )
+        goal = SELECT1_TARGETS.get(r.scenario)
+        if goal is not None and r.contender == PK_CONTEXT:
+            ratio = r.ratio
+            out.append(
+                Target(
+                    f"{r.scenario}: pgpoolkit connection()",
+                    f">= {goal:.2f} x raw persistent psycopg",
+                    f"{fmt(ratio)} x raw persistent psycopg's throughput",
+                    None if ratio is None or ratio != ratio else ratio >= goal,
+                )
+            )
+    return out
+
+
 # -- main ------------------------------------------------------------------------------------------
 
 
@@ -322,7 +442,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--threads",
         type=_thread_counts,
         default=[1, 4],
-        help="thread (and asyncio task) counts, comma separated (default: 1,4)",
+        help="checkout thread (and asyncio task) counts, at most 10, comma separated "
+        "(default: 1,4)",
+    )
+    parser.add_argument(
+        "--select1",
+        type=counts,
+        default=[1, 4, 16],
+        metavar="1,4,16",
+        help="select1 thread and asyncio task counts, comma separated (default: 1,4,16)",
+    )
+    parser.add_argument(
+        "--pin",
+        action="store_true",
+        help="also run the checkout scenarios with the benchmark's threads pinned to one CPU",
     )
     parser.add_argument(
         "--only", metavar="TEXT", help="run only the scenarios whose name contains TEXT"
@@ -331,10 +464,20 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def scenarios_for(dsn: str, threads: Sequence[int], only: str | None) -> list[Scenario]:
+def scenarios_for(
+    dsn: str,
+    threads: Sequence[int],
+    only: str | None,
+    select1: Sequence[int] = (),
+    pin: bool = False,
+) -> list[Scenario]:
     scenarios = [checkout_threads(dsn, n) for n in threads]
     scenarios += [checkout_tasks(dsn, n) for n in threads]
-    scenarios += [select1_threads(dsn, n) for n in threads]
+    if pin and can_pin():
+        scenarios += [pinned(checkout_threads(dsn, n)) for n in threads]
+        scenarios += [pinned(checkout_tasks(dsn, n)) for n in threads]
+    scenarios += [select1_threads(dsn, n) for n in select1]
+    scenarios += [select1_tasks(dsn, n) for n in select1]
     if only:
         scenarios = [s for s in scenarios if only in s.name]
     return scenarios
@@ -358,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except psycopg.Error as ex:
             print(f"error: can't connect: {' '.join(str(ex).split())}", file=sys.stderr)
             return 2
-        scenarios = scenarios_for(dsn, args.threads, args.only)
+        scenarios = scenarios_for(dsn, args.threads, args.only, args.select1, args.pin)
         if not scenarios:
             print(f"error: no scenario name contains {args.only!r}", file=sys.stderr)
             return 2
@@ -396,6 +539,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print()
     print_table(results, scenarios)
+    goals = targets(results)
+    if goals:
+        print("targets:")
+        print_targets(goals, sys.stdout)
+        print()
     print(
         "ratio: the median of the per-round ratios (in a round the contenders run back to "
         "back),\nso it can differ from the ratio of the medians shown."

@@ -36,13 +36,8 @@ import json
 import math
 import os
 import platform
-import pwd
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
@@ -53,6 +48,14 @@ from typing import Any, TextIO
 
 import psycopg
 import psycopg_pool
+from _common import DSN_ENV, Extras, Target, counts, one_line, plural, positive
+from _pgbouncer import (
+    NO_PREPARE,
+    PgBouncer,
+    find_pgbouncer,
+    pgbouncer_version,
+    start_pgbouncer,
+)
 from harness import (
     Contender,
     Result,
@@ -63,13 +66,11 @@ from harness import (
     run_tasks,
     run_threads,
 )
-from psycopg.conninfo import conninfo_to_dict
 
 import pgpoolkit
 from pgpoolkit.testing import TemporaryPostgres
 
 POOL_SIZE = 10
-DSN_ENV = "PGPOOLKIT_DSN"
 APP = "bench-modes"
 
 RAW = "raw psycopg"
@@ -105,14 +106,6 @@ Op = Callable[[], object]
 AOp = Callable[[], Coroutine[Any, Any, object]]
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
-
-
-def _one_line(ex: BaseException) -> str:
-    return " ".join(str(ex).split()) or type(ex).__name__
-
-
 # -- per-statement, threads ------------------------------------------------------------------------
 
 
@@ -133,7 +126,7 @@ def _select1_commit(conn: Any) -> Op:
 
 def per_statement_threads(dsn: str, n: int, extras: Extras) -> Scenario:
     size = max(POOL_SIZE, n)
-    title = f"per-statement, {_plural(n, 'thread')}"
+    title = f"per-statement, {plural(n, 'thread')}"
 
     @contextmanager
     def setup() -> Iterator[Sequence[Contender]]:
@@ -224,7 +217,7 @@ def _aselect1_commit(conn: Any) -> AOp:
 
 def per_statement_tasks(dsn: str, n: int, extras: Extras) -> Scenario:
     size = max(POOL_SIZE, n)
-    title = f"per-statement asyncio, {_plural(n, 'task')}"
+    title = f"per-statement asyncio, {plural(n, 'task')}"
 
     @contextmanager
     def setup() -> Iterator[Sequence[Contender]]:
@@ -316,75 +309,6 @@ def per_statement_tasks(dsn: str, n: int, extras: Extras) -> Scenario:
 # -- many clients ----------------------------------------------------------------------------------
 
 
-@dataclass
-class Extras:
-    """What the harness does not measure, per (scenario, contender), every run (the warm-up
-    run first, when there is one): the client process's CPU time per unit, and the peak
-    number of server connections seen in pg_stat_activity."""
-
-    dsn: str
-    warmup: bool
-    cpu_us: dict[tuple[str, str], list[float]] = field(default_factory=dict)
-    peaks: dict[tuple[str, str], list[int]] = field(default_factory=dict)
-
-    def metered(
-        self, scenario: str, contender: str, run: Callable[[float], Sample]
-    ) -> Callable[[float], Sample]:
-        """``run``, also recording the CPU time of this process (all its threads) per unit."""
-
-        def metered_run(seconds: float) -> Sample:
-            c0 = time.process_time()
-            sample = run(seconds)
-            cpu = time.process_time() - c0
-            per_op = cpu / sample.ops * 1e6 if sample.ops else math.nan
-            self.cpu_us.setdefault((scenario, contender), []).append(per_op)
-            return sample
-
-        return metered_run
-
-    def cpu_rounds(self, scenario: str, contender: str) -> list[float]:
-        runs = self.cpu_us.get((scenario, contender), [])
-        return runs[1:] if self.warmup else runs
-
-    @contextmanager
-    def sampling(self, scenario: str, contender: str, application_name: str) -> Iterator[None]:
-        """Count the server connections named ``application_name`` every 10 ms meanwhile."""
-        stop = threading.Event()
-        peak = [0]
-        errors: list[BaseException] = []
-        conn = psycopg.connect(self.dsn, autocommit=True, application_name=f"{APP}-sampler")
-
-        def sample() -> None:
-            try:
-                while True:
-                    row = conn.execute(
-                        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
-                        (application_name,),
-                    ).fetchone()
-                    peak[0] = max(peak[0], int(row[0]) if row else 0)
-                    if stop.wait(0.01):
-                        return
-            except BaseException as ex:
-                errors.append(ex)
-
-        sampler = threading.Thread(target=sample, name="bench-sampler", daemon=True)
-        sampler.start()
-        try:
-            yield
-        finally:
-            stop.set()
-            sampler.join()
-            conn.close()
-        if errors:
-            raise errors[0]
-        self.peaks.setdefault((scenario, contender), []).append(peak[0])
-
-    def peak(self, scenario: str, contender: str) -> int | None:
-        """The highest count seen in any run (the warm-up included: a peak is a peak)."""
-        seen = self.peaks.get((scenario, contender))
-        return max(seen) if seen else None
-
-
 def run_thinking_threads(
     nthreads: int, units: Sequence[Op], seconds: float, think: float
 ) -> Sample:
@@ -463,122 +387,6 @@ def _merge(done: Sequence[tuple[int, int, list[int]]]) -> Sample:
     return Sample(len(lat), (end - start) / 1e9, lat)
 
 
-class PgBouncer:
-    """A PgBouncer in transaction mode on 127.0.0.1, in front of the server of ``dsn``."""
-
-    def __init__(self, program: str, dsn: str, pool_size: int, max_clients: int) -> None:
-        self.program = program
-        self.server = conninfo_to_dict(dsn)
-        self.pool_size = pool_size
-        self.max_clients = max_clients
-        self.port = 0
-        self.dir = ""
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def dsn(self, **kwargs: Any) -> str:
-        user = self.server.get("user") or pwd.getpwuid(os.getuid()).pw_name
-        return psycopg.conninfo.make_conninfo(
-            host="127.0.0.1", port=self.port, dbname="bench", user=user, **kwargs
-        )
-
-    def start(self) -> None:
-        self.dir = tempfile.mkdtemp(prefix="pgpoolkit-bench-pgbouncer-")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        server = {
-            k: v
-            for k, v in self.server.items()
-            if k in ("host", "port", "dbname", "user", "password")
-        }
-        server.setdefault("dbname", server.get("user") or pwd.getpwuid(os.getuid()).pw_name)
-        user = self.server.get("user") or pwd.getpwuid(os.getuid()).pw_name
-        target = " ".join(f"{k}={_ini_value(str(v))}" for k, v in server.items())
-        ini = os.path.join(self.dir, "pgbouncer.ini")
-        with open(ini, "w", encoding="utf-8") as f:
-            f.write(
-                "[databases]\n"
-                f"bench = {target}\n"
-                "[pgbouncer]\n"
-                "listen_addr = 127.0.0.1\n"
-                f"listen_port = {self.port}\n"
-                "unix_socket_dir =\n"
-                "auth_type = trust\n"
-                f"auth_file = {os.path.join(self.dir, 'userlist.txt')}\n"
-                "pool_mode = transaction\n"
-                f"default_pool_size = {self.pool_size}\n"
-                f"min_pool_size = {self.pool_size}\n"
-                "reserve_pool_size = 0\n"
-                f"max_client_conn = {self.max_clients + 100}\n"
-                f"max_db_connections = {self.pool_size}\n"
-                f"logfile = {os.path.join(self.dir, 'pgbouncer.log')}\n"
-                f"pidfile = {os.path.join(self.dir, 'pgbouncer.pid')}\n"
-                "log_connections = 0\n"
-                "log_disconnections = 0\n"
-            )
-        with open(os.path.join(self.dir, "userlist.txt"), "w", encoding="utf-8") as f:
-            f.write(f'"{user}" ""\n')
-        argv = [self.program, "-q", ini]
-        if os.geteuid() == 0:  # PgBouncer refuses to run as root
-            try:
-                account = pwd.getpwnam("postgres")
-            except KeyError:
-                account = pwd.getpwnam("nobody")
-            for name in (self.dir, *(os.path.join(self.dir, f) for f in os.listdir(self.dir))):
-                os.chown(name, account.pw_uid, account.pw_gid)
-            argv[1:1] = ["-u", account.pw_name]
-        with open(os.path.join(self.dir, "stderr.log"), "wb") as stderr:
-            self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr
-            )
-        deadline = time.monotonic() + 10.0
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"pgbouncer exited with code {self.proc.returncode}: {self._log_tail()}"
-                )
-            try:
-                with psycopg.connect(self.dsn(connect_timeout=2)) as conn:
-                    conn.execute("SELECT 1")
-                return
-            except psycopg.Error as ex:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"pgbouncer did not answer: {_one_line(ex)}; {self._log_tail()}"
-                    ) from None
-                time.sleep(0.05)
-
-    def _log_tail(self) -> str:
-        text = ""
-        for name in ("stderr.log", "pgbouncer.log"):
-            try:
-                with open(os.path.join(self.dir, name), encoding="utf-8", errors="replace") as f:
-                    text += f.read()
-            except OSError:
-                pass
-        return " | ".join(text.strip().splitlines()[-3:]) or "(no log)"
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(5.0)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-            self.proc = None
-        if self.dir:
-            shutil.rmtree(self.dir, ignore_errors=True)
-            self.dir = ""
-
-
-def _ini_value(value: str) -> str:
-    if value and not any(c in value for c in " '\\="):
-        return value
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 @dataclass
 class ManyOptions:
     think: float
@@ -588,7 +396,7 @@ class ManyOptions:
 
 
 def many_clients_threads(dsn: str, n: int, opts: ManyOptions) -> Scenario:
-    title = f"many-clients, {_plural(n, 'thread')}"
+    title = f"many-clients, {plural(n, 'thread')}"
     app_pk, app_pp, app_pgb = (
         f"{APP}-many-pgpoolkit",
         f"{APP}-many-psycopg_pool",
@@ -655,7 +463,7 @@ def many_clients_threads(dsn: str, n: int, opts: ManyOptions) -> Scenario:
 
 
 def many_clients_tasks(dsn: str, n: int, opts: ManyOptions) -> Scenario:
-    title = f"many-clients asyncio, {_plural(n, 'task')}"
+    title = f"many-clients asyncio, {plural(n, 'task')}"
     app_pk, app_pp, app_pgb = (
         f"{APP}-many-async-pgpoolkit",
         f"{APP}-many-async-psycopg_pool",
@@ -722,24 +530,12 @@ def many_clients_tasks(dsn: str, n: int, opts: ManyOptions) -> Scenario:
 
 
 def _start_pgbouncer(stack: ExitStack, dsn: str, n: int, opts: ManyOptions) -> PgBouncer | None:
-    if opts.pgbouncer is None:
-        return None
-    bouncer = PgBouncer(opts.pgbouncer, dsn, POOL_SIZE, n)
-    stack.callback(bouncer.stop)
-    try:
-        bouncer.start()
-    except (OSError, RuntimeError) as ex:
-        note = f"pgbouncer: skipped, it did not start: {_one_line(ex)}"
-        if note not in opts.notes:
-            opts.notes.append(note)
-        print(f"\n{note}", file=sys.stderr)
-        return None
-    return bouncer
+    return start_pgbouncer(stack, opts.pgbouncer, dsn, POOL_SIZE, n, opts.notes)
 
 
 # PgBouncer 1.18 does not know prepared statements in transaction mode: psycopg must not
 # prepare through it (psycopg prepares a query it ran 5 times, by default)
-_NO_PREPARE: dict[str, Any] = {"autocommit": True, "prepare_threshold": None}
+_NO_PREPARE: dict[str, Any] = {"autocommit": True, **NO_PREPARE}
 
 
 def _connect_all(dsns: Sequence[str], stack: ExitStack) -> list[psycopg.Connection[Any]]:
@@ -872,6 +668,59 @@ def target_lines(results: Sequence[Result], extras: Extras) -> list[str]:
     return lines
 
 
+#: many-clients: pgpoolkit transaction mode's throughput at least this times PgBouncer's, with
+#: a lower p99, on at most POOL_SIZE server connections
+MANY_TARGET = 1.3
+
+
+def targets(results: Sequence[Result], extras: Extras, notes: Sequence[str] = ()) -> list[Target]:
+    """The issue's targets for transaction mode's cost per statement and for many clients."""
+    out: list[Target] = []
+    figs = figures_of(results, extras)
+    by_key = {(r.scenario, r.contender): r for r in results}
+    for r in results:
+        if r.contender in (TRANSACTION, TRANSACTION_TX) and r.ratio is not None:
+            cpu = figs[(r.scenario, r.contender)].cpu_vs_base
+            out.append(
+                Target(
+                    f"{r.scenario}: {r.contender.removeprefix('pgpoolkit ')}",
+                    f"<= {TARGET:.2f} x session mode's time per statement",
+                    f"{_fmt(r.ratio)} x session mode's time (client CPU {_fmt(cpu)} x)",
+                    r.ratio <= TARGET,
+                )
+            )
+        if r.contender != MANY_PK:
+            continue
+        name = f"{r.scenario}: pgpoolkit transaction vs PgBouncer"
+        goal = (
+            f">= {MANY_TARGET:.1f} x PgBouncer's throughput, lower p99, <= {POOL_SIZE} server conns"
+        )
+        pgb = by_key.get((r.scenario, MANY_PGB))
+        if pgb is None:
+            why = next((n for n in notes if n.startswith("pgbouncer")), "no PgBouncer")
+            out.append(Target(name, goal, f"not measured ({why})", None))
+            continue
+        ratio = _median_ratio([f.ops_per_s for f in r.rounds], [f.ops_per_s for f in pgb.rounds])
+        peak = figs[(r.scenario, r.contender)].peak
+        met = (
+            ratio is not None
+            and ratio >= MANY_TARGET
+            and r.p99_us < pgb.p99_us
+            and peak is not None
+            and peak <= POOL_SIZE
+        )
+        out.append(
+            Target(
+                name,
+                goal,
+                f"{_fmt(ratio)} x PgBouncer's throughput, p99 {r.p99_us / 1000:.1f} ms vs "
+                f"{pgb.p99_us / 1000:.1f} ms, peak {peak} server conns",
+                met,
+            )
+        )
+    return out
+
+
 def json_document(
     results: Sequence[Result], meta: dict[str, Any], extras: Extras, notes: Sequence[str]
 ) -> str:
@@ -892,29 +741,6 @@ def json_document(
 # -- main ------------------------------------------------------------------------------------------
 
 
-def _counts(text: str) -> list[int]:
-    try:
-        counts = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a list like 1,4, got {text!r}") from None
-    if not counts or any(c < 1 for c in counts):
-        raise argparse.ArgumentTypeError(f"expected counts >= 1, got {text}")
-    return counts
-
-
-def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid value {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a value > 0, got {text}")
-        return value
-
-    return parse
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Per-statement cost of transaction and statement pooling vs session "
@@ -926,17 +752,17 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"server to use (default: ${DSN_ENV}, else a throwaway local PostgreSQL)",
     )
     parser.add_argument(
-        "--rounds", type=_positive(int), default=5, help="rounds per contender (default: 5)"
+        "--rounds", type=positive(int), default=5, help="rounds per contender (default: 5)"
     )
     parser.add_argument(
         "--seconds",
-        type=_positive(float),
+        type=positive(float),
         default=0.25,
         help="length of one per-statement round of one contender (default: 0.25)",
     )
     parser.add_argument(
         "--many-seconds",
-        type=_positive(float),
+        type=positive(float),
         default=0.5,
         help="length of one many-clients round of one contender (default: 0.5)",
     )
@@ -948,25 +774,25 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--threads",
-        type=_counts,
+        type=counts,
         default=[1, 4],
         help="per-statement thread counts (default: 1,4)",
     )
     parser.add_argument(
         "--tasks",
-        type=_counts,
+        type=counts,
         default=[1, 16],
         help="per-statement asyncio task counts (default: 1,16)",
     )
     parser.add_argument(
         "--many-threads",
-        type=_counts,
+        type=counts,
         default=[200],
         help="many-clients thread counts (default: 200)",
     )
     parser.add_argument(
         "--many-tasks",
-        type=_counts,
+        type=counts,
         default=[1000],
         help="many-clients asyncio task counts (default: 1000)",
     )
@@ -986,19 +812,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return parser.parse_args(argv)
-
-
-def find_pgbouncer(option: str | None) -> tuple[str | None, str | None]:
-    """The program to run, or None and why."""
-    if option == "off":
-        return None, "pgbouncer: skipped (--pgbouncer off)"
-    if option is not None:
-        found = shutil.which(option)
-        return (found, None) if found else (None, f"pgbouncer: skipped ({option} not found)")
-    found = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin:/usr/bin")
-    if found is None:
-        return None, "pgbouncer: skipped (no pgbouncer program installed)"
-    return found, None
 
 
 def scenarios_for(dsn: str, args: argparse.Namespace, opts: ManyOptions) -> list[Scenario]:
@@ -1023,13 +836,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             try:
                 dsn = stack.enter_context(TemporaryPostgres()).dsn
             except RuntimeError as ex:
-                print(f"error: {_one_line(ex)}", file=sys.stderr)
+                print(f"error: {one_line(ex)}", file=sys.stderr)
                 return 2
         try:
             with psycopg.connect(dsn, connect_timeout=5) as conn:
                 server_version = conn.info.server_version
         except psycopg.Error as ex:
-            print(f"error: can't connect: {_one_line(ex)}", file=sys.stderr)
+            print(f"error: can't connect: {one_line(ex)}", file=sys.stderr)
             return 2
         extras = Extras(dsn, warmup=args.warmup > 0)
         opts = ManyOptions(args.think_ms / 1000.0, program, notes, extras)
@@ -1054,7 +867,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "psycopg_impl": psycopg.pq.__impl__,
         "psycopg_pool": psycopg_pool.__version__,
         "pgpoolkit": pgpoolkit.__version__,
-        "pgbouncer": _pgbouncer_version(program),
+        "pgbouncer": pgbouncer_version(program),
         "server_version": server_version,
         "rounds": args.rounds,
         "seconds": args.seconds,
@@ -1091,18 +904,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "back),\nso they can differ from the ratio of the medians shown."
     )
     return 0
-
-
-def _pgbouncer_version(program: str | None) -> str | None:
-    if program is None:
-        return None
-    try:
-        out = subprocess.run(
-            [program, "--version"], capture_output=True, text=True, timeout=5, check=False
-        ).stdout
-    except OSError:
-        return None
-    return out.splitlines()[0].strip() if out.strip() else None
 
 
 if __name__ == "__main__":

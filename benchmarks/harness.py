@@ -17,13 +17,14 @@ import asyncio
 import gc
 import json
 import math
+import os
 import statistics
 import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
-from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TextIO
 
 __all__ = [
@@ -32,6 +33,8 @@ __all__ = [
     "RoundFigures",
     "Sample",
     "Scenario",
+    "can_pin",
+    "pinned",
     "print_table",
     "results_json",
     "run_scenarios",
@@ -89,6 +92,7 @@ class RoundFigures:
     ops_per_s: float
     p50_us: float
     p99_us: float
+    max_us: float = 0.0
 
 
 @dataclass
@@ -115,6 +119,10 @@ class Result:
         return statistics.median(r.p99_us for r in self.rounds)
 
     @property
+    def max_us(self) -> float:
+        return statistics.median(r.max_us for r in self.rounds)
+
+    @property
     def ratio(self) -> float | None:
         return statistics.median(self.ratios) if self.ratios else None
 
@@ -137,6 +145,7 @@ def figures(sample: Sample) -> RoundFigures:
         ops_per_s=sample.ops / sample.elapsed if sample.elapsed > 0 else 0.0,
         p50_us=_quantile_us(lat, 0.50),
         p99_us=_quantile_us(lat, 0.99),
+        max_us=lat[-1] / 1000.0 if lat else 0.0,
     )
 
 
@@ -256,13 +265,21 @@ def run_scenarios(
     seconds: float,
     warmup: float,
     log: TextIO | None = sys.stderr,
+    first: int = 1,
+    total: int | None = None,
 ) -> list[Result]:
-    """Run every scenario: a warm-up run per contender, then interleaved rounds."""
+    """Run every scenario: a warm-up run per contender, then interleaved rounds.
+
+    Progress goes to ``log``, a line per scenario, numbered from ``first`` out of ``total``
+    (default: these scenarios), for a caller that runs scenarios in several calls.
+    """
     results: list[Result] = []
-    for n, scenario in enumerate(scenarios, 1):
+    total = len(scenarios) if total is None else total
+    digits = len(str(total))
+    for n, scenario in enumerate(scenarios, first):
         t0 = time.perf_counter()
         if log is not None:
-            print(f"[{n}/{len(scenarios)}] {scenario.name} ...", file=log, end="", flush=True)
+            print(f"[{n:>{digits}}/{total}] {scenario.name} ...", file=log, end="", flush=True)
         with scenario.setup() as contenders:
             names = [c.name for c in contenders]
             if len(set(names)) != len(names):
@@ -295,8 +312,50 @@ def run_scenarios(
                         res.ratios.append(_ratio(scenario.ratio, fig.ops_per_s, base))
             results.extend(scenario_results.values())
         if log is not None:
-            print(f" {time.perf_counter() - t0:.1f} s", file=log, flush=True)
+            print(
+                f" {plural(len(names), 'contender')}, {time.perf_counter() - t0:.1f} s",
+                file=log,
+                flush=True,
+            )
     return results
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def pinned(scenario: Scenario, cpu: int | None = None) -> Scenario:
+    """``scenario`` run with this process's threads on one CPU (``cpu``, default: the first
+    this process may use): the calling thread is pinned while the scenario's resources are
+    set up and its rounds run, so the threads it starts meanwhile (a pool's workers, the
+    benchmark's threads) inherit the pin; it is undone at the end. Threads started before
+    keep their CPUs. Linux only (``os.sched_setaffinity``)."""
+    inner = scenario.setup
+
+    @contextmanager
+    def setup() -> Iterator[Sequence[Contender]]:
+        before = os.sched_getaffinity(0)
+        target = min(before) if cpu is None else cpu
+        os.sched_setaffinity(0, {target})
+        try:
+            with inner() as contenders:
+                yield contenders
+        finally:
+            os.sched_setaffinity(0, before)
+
+    return replace(
+        scenario,
+        name=f"{scenario.name}, pinned to 1 CPU",
+        setup=setup,
+        description=(f"{scenario.description}; " if scenario.description else "")
+        + "the benchmark's threads pinned to one CPU",
+    )
+
+
+def can_pin() -> bool:
+    """Whether :func:`pinned` works here (Linux, more than one CPU allowed)."""
+    getaffinity = getattr(os, "sched_getaffinity", None)
+    return getaffinity is not None and len(getaffinity(0)) > 1
 
 
 # -- reporting ---------------------------------------------------------------------------------
