@@ -539,9 +539,14 @@ class CoreMachine(RuleBasedStateMachine):
         if core.opened and not core.closed:
             if core.retrying:  # the retrying attempt goes on
                 assert core.connecting >= 1
-            else:  # enough attempts for min_size and for the waiters, within max_size
-                assert self._total() >= core.min_size
-                assert core.connecting >= min(len(core.waiters), core.max_size - core.in_use)
+            else:  # enough attempts for min_size and for the waiters, within max_size and
+                # within the cap on attempts in progress at once
+                cap = _core.MAX_CONCURRENT_CONNECTS
+                assert core.connecting <= cap
+                assert self._total() >= min(core.min_size, core.size + cap)
+                assert core.connecting >= min(
+                    len(core.waiters), core.max_size - core.in_use, cap
+                )
             if core.waiters:  # somebody will serve them: a connection attempt or a return
                 assert core.connecting + core.in_use >= 1
 
