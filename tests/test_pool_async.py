@@ -432,7 +432,9 @@ async def test_callbacks(dsn: str, admin: Admin, app: str) -> None:
             await conn.execute("SET search_path = nowhere")
         async with pool.connection() as conn:
             assert await fetch1(conn, "SHOW search_path") == '"$user", public'
-        assert configured == [pid]
+            # the SET made the first client dirty: DISCARD ALL on release, then configure again
+            assert await fetch1(conn, "SHOW statement_timeout") == "4321ms"
+        assert configured == [pid, pid]
         assert checked == [pid, pid]
         assert resets == [pid, pid]
         assert not failed

@@ -39,6 +39,7 @@ RENAMES = {
     "AGuard": "Guard",
     "AWorker": "Worker",
     "aspawn": "spawn",
+    "aspawn_detached": "spawn_detached",
     "agather": "gather",
     "__aenter__": "__enter__",
     "__aexit__": "__exit__",

@@ -8,7 +8,11 @@ from it by dropping ``async``/``await`` and renaming ``AWaiter`` -> ``Waiter``, 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
+import functools
 import math
+import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Generic, TypeVar
@@ -175,6 +179,15 @@ class ALock:
         return None
 
 
+_exiting = False
+
+
+@atexit.register
+def _at_exit() -> None:
+    global _exiting
+    _exiting = True
+
+
 #: guards the threaded pools' worker sets: a thread is listed and started in one step, so that
 #: gather() never sees a thread not started yet, nor a set changing while it copies it
 _workers_lock = threading.Lock()
@@ -204,6 +217,34 @@ def aspawn(
     task = asyncio.get_running_loop().create_task(func(*args), name=name)
     workers.add(task)
     task.add_done_callback(workers.discard)
+
+
+def spawn_detached(
+    loop: object, workers: set[Worker], func: Callable[..., None], *args: Any, name: str
+) -> None:
+    """From a finalizer, which may run in any thread while it holds any lock: run
+    ``func(*args)`` in a new daemon thread, taking none of the pool's locks to start it.
+    Nothing once the interpreter is exiting: a thread started then never runs (and its start
+    would wait for it forever), and the server closes the connection anyway."""
+    if _exiting or sys.is_finalizing():
+        return
+    with contextlib.suppress(RuntimeError):  # can't start new threads at shutdown
+        threading.Thread(target=func, args=args, name=name, daemon=True).start()
+
+
+def aspawn_detached(
+    loop: asyncio.AbstractEventLoop | None,
+    workers: set[AWorker],
+    func: Callable[..., Coroutine[Any, Any, None]],
+    *args: Any,
+    name: str,
+) -> None:
+    """From a finalizer, which may run in any thread: hand ``func(*args)`` to the pool's event
+    loop as a task (nothing if the loop is gone, and the pool with it)."""
+    if loop is None or loop.is_closed():
+        return
+    with contextlib.suppress(RuntimeError):  # the loop is closing
+        loop.call_soon_threadsafe(functools.partial(aspawn, workers, func, *args, name=name))
 
 
 def gather(workers: Iterable[Worker], timeout: float) -> None:

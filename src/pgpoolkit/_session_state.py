@@ -16,7 +16,13 @@ from __future__ import annotations
 import re
 from enum import Enum
 
-__all__ = ["SessionChange", "StatementInfo", "inspect_statement", "session_changes"]
+__all__ = [
+    "NOT_RESETTABLE",
+    "SessionChange",
+    "StatementInfo",
+    "inspect_statement",
+    "session_changes",
+]
 
 
 class SessionChange(str, Enum):
@@ -31,6 +37,10 @@ class SessionChange(str, Enum):
     LOAD = "LOAD"
     ADVISORY_LOCK = "a session advisory lock"
 
+
+#: what DISCARD ALL cannot undo: a library LOADed stays loaded (its hooks and settings too)
+#: for the backend's life, so a server connection that ran LOAD is closed, never reused
+NOT_RESETTABLE = frozenset({SessionChange.LOAD})
 
 # Comments, literals and quoted identifiers are blanked before scanning, so that a keyword in a
 # string ('SET x') or a comment is not taken for a statement.
@@ -68,7 +78,7 @@ _TEMP = re.compile(
 )
 _ON_COMMIT_DROP = re.compile(r"\bON\s+COMMIT\s+DROP\b", re.IGNORECASE)
 _ADVISORY = re.compile(r"\bpg_(?:try_)?advisory_lock(?:_shared)?\s*\(", re.IGNORECASE)
-_SET_CONFIG = re.compile(r"\bset_config\s*\((?P<args>[^()]*)\)", re.IGNORECASE)
+_SET_CONFIG = re.compile(r"\bset_config\s*\(", re.IGNORECASE)
 _IS_LOCAL_TRUE = re.compile(r",\s*(?:true|'t'|'true'|'on'|1)\s*$", re.IGNORECASE)
 
 _BEGIN = re.compile(r"^\s*(?:BEGIN|START\s+TRANSACTION)\b", re.IGNORECASE)
@@ -132,8 +142,23 @@ def _scan(text: str) -> StatementInfo:
         if _ADVISORY.search(statement):
             kinds.add(SessionChange.ADVISORY_LOCK)
         for call in _SET_CONFIG.finditer(statement):
-            if not _IS_LOCAL_TRUE.search(call["args"]):
+            if not _IS_LOCAL_TRUE.search(_call_args(statement, call.end())):
                 kinds.add(SessionChange.SETTING)
     if not kinds and not begins:
         return PLAIN
     return StatementInfo(frozenset(kinds), begins)
+
+
+def _call_args(text: str, start: int) -> str:
+    """The arguments of the call whose "(" ends at ``start``, up to its matching ")", nested
+    calls included (``set_config('x', lower(y), false)``)."""
+    depth = 1
+    for i in range(start, len(text)):
+        char = text[i]
+        if char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+            if depth == 0:
+                return text[start:i]
+    return text[start:]

@@ -29,7 +29,13 @@ from psycopg.pq import TransactionStatus
 
 from ._acompat import Guard
 from ._core import Slot
-from ._session_state import PLAIN, StatementInfo, inspect_statement
+from ._session_state import (
+    NOT_RESETTABLE,
+    PLAIN,
+    SessionChange,
+    StatementInfo,
+    inspect_statement,
+)
 from .errors import IdleInTransactionTimeout, PolicyViolation
 from .policies import Action, ClientState, Event, Policy
 
@@ -43,6 +49,27 @@ logger = logging.getLogger("pgpoolkit")
 _IDLE = TransactionStatus.IDLE
 _INTRANS = TransactionStatus.INTRANS
 
+#: session parameters the server reports to the client when they change (ParameterStatus):
+#: a change the statement's text did not show (a function running SET ROLE or set_config, a
+#: DO block) is caught by comparing them with the connection's values when it was opened
+REPORTED_PARAMETERS = (
+    b"is_superuser",
+    b"session_authorization",
+    b"application_name",
+    b"client_encoding",
+    b"DateStyle",
+    b"IntervalStyle",
+    b"TimeZone",
+    b"standard_conforming_strings",
+    b"default_transaction_read_only",
+    b"search_path",  # reported by PostgreSQL 18 and later
+)
+
+
+def reported_parameters(conn: Connection[Any]) -> tuple[bytes | None, ...]:
+    """The values of REPORTED_PARAMETERS as the server last reported them (no round trip)."""
+    return tuple(map(conn.pgconn.parameter_status, REPORTED_PARAMETERS))
+
 
 class PooledConnection:
     """A client of an :class:`Pool`, used like a psycopg Connection."""
@@ -51,8 +78,10 @@ class PooledConnection:
         "__weakref__",
         "_aborted",
         "_active_at",
+        "_blocks",
         "_closed",
         "_dirty",
+        "_discard",
         "_guard",
         "_holds",
         "_pinned",
@@ -72,9 +101,13 @@ class PooledConnection:
         self._closed = False
         #: the session was changed (SET, LISTEN...): reset it when the server connection goes
         self._dirty = False
+        #: the session was changed in a way no reset undoes (LOAD): close the server connection
+        self._discard = False
         self._pinned = False
         #: open blocks that must keep the server connection (transaction(), copy, pipeline)
         self._holds = 0
+        #: the open transaction() blocks, outermost first
+        self._blocks: list[_TransactionBlock] = []
         #: the settings the client chose (autocommit, isolation, read-only, deferrable), or None
         self._settings: tuple[Any, ...] | None = None
         self._statements = 0
@@ -128,6 +161,8 @@ class PooledConnection:
                     self._on(Event.BEGIN, "an explicit BEGIN")
                 if info.changes:
                     self._on(Event.SESSION_STATE, info.detail)
+                    if info.changes & NOT_RESETTABLE:
+                        self._discard = True
             slot = self._slot
             if slot is None:
                 policy = self._policy
@@ -162,16 +197,22 @@ class PooledConnection:
         self._slot = slot
         return slot
 
-    def _unbind(self) -> None:
+    def _unbind(self, checked: bool = False) -> None:
+        """Give the server connection back (``checked``: the caller compared the reported
+        session parameters already)."""
         slot = self._slot
         if slot is None:
             return
         self._slot = None
-        dirty, pinned = self._dirty, self._pinned
-        self._dirty = self._pinned = False
+        dirty, pinned, discard = self._dirty, self._pinned, self._discard
+        self._dirty = self._pinned = self._discard = False
+        if not dirty and not checked and _reported_changed(slot):
+            dirty = True
         counts = (self._statements, self._transactions)
         self._statements = self._transactions = 0
-        self._pool._release(slot, dirty=dirty, unpin=pinned, counts=counts)
+        self._pool._release(
+            slot, dirty=dirty, unpin=pinned, counts=counts, discard=discard
+        )
 
     def _done(self) -> None:
         """After a statement, commit or rollback: count it, and release if the policy says."""
@@ -183,9 +224,26 @@ class PooledConnection:
             if slot.conn.pgconn.transaction_status == _IDLE:
                 self._transactions += 1
                 if self._releases_when_idle and not self._pinned and not self._holds:
-                    self._unbind()
+                    if not self._dirty and _reported_changed(slot):
+                        self._unseen_session_change()
+                    if not self._pinned:
+                        self._unbind(checked=True)
         finally:
             self._leave()
+
+    def _unseen_session_change(self) -> None:
+        """The server reported a session parameter changing, which no statement's text
+        showed (a function calling set_config, SET ROLE in a DO block): the policy decides as
+        for any session state change, except that it is too late to refuse it; whatever it
+        decides, the change is reset before another client gets the server connection."""
+        detail = "a session parameter changed, as the server reported"
+        try:
+            self._on(Event.SESSION_STATE, detail)
+        except PolicyViolation as ex:
+            logger.warning(
+                "pool %r: %s; it already ran: the session is reset now", self._pool.name, ex
+            )
+        self._dirty = True
 
     def _abort_transaction(self, message: str) -> None:
         """Take the transaction away from a client idle in it too long (the pool's
@@ -195,6 +253,16 @@ class PooledConnection:
         slot = self._slot
         if slot is None:
             return
+        # transaction() blocks are left as psycopg leaves them on an error (rolled back), so
+        # that the connection is clean and reusable; the client's exit of the block then only
+        # raises IdleInTransactionTimeout
+        blocks, self._blocks = self._blocks, []
+        for block in reversed(blocks):
+            self._holds -= 1
+            try:
+                block._abandon(message)
+            except Exception as ex:  # the connection goes (below)
+                logger.debug("pool %r: rollback of a block failed: %s", self._pool.name, ex)
         if self._pinned:
             try:
                 slot.conn.rollback()
@@ -217,8 +285,7 @@ class PooledConnection:
     ) -> Cursor[Any]:
         """Run a query and return a cursor with its result (psycopg's ``execute``). The result
         stays readable after the server connection is released."""
-        info = inspect_statement(query) if isinstance(query, str) else _inspect_other(query)
-        conn = self._server_for(Event.STATEMENT, info)
+        conn = self._server_for(Event.STATEMENT, _inspect(query))
         try:
             # cast: psycopg's overloads split t-string templates (3.3) from other queries
             return conn.execute(cast(Any, query), params, prepare=prepare, binary=binary)
@@ -407,9 +474,15 @@ class PooledConnection:
 
 class PooledCursor:
     """A cursor of a pooled connection: each execute runs through the client (and its
-    policy); the results stay readable after the server connection is released."""
+    policy); the results stay readable after the server connection is released.
 
-    __slots__ = ("_args", "_client", "_cursor", "_kwargs")
+    A server-side (named) cursor lives on the server connection, in its transaction: it is
+    read while the client holds that connection, and reading it after the transaction ended
+    raises PolicyViolation instead of touching a connection another client may hold now. A
+    ``withhold=True`` cursor outlives its transaction: session state, as DECLARE WITH HOLD.
+    """
+
+    __slots__ = ("_args", "_attrs", "_client", "_closed", "_cursor", "_info", "_kwargs", "_name")
 
     def __init__(
         self, client: PooledConnection, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -418,22 +491,43 @@ class PooledCursor:
         self._args = args
         self._kwargs = kwargs
         self._cursor: Any = None
+        self._closed = False
+        #: attributes set by the user (itersize, arraysize, row_factory...), for every cursor
+        #: this one opens on a server connection
+        self._attrs: dict[str, Any] = {}
+        #: the server-side cursor's name ("": a client-side cursor); psycopg takes it first
+        self._name: str = (args[0] if args else kwargs.get("name")) or ""
+        #: what executing through this cursor adds to a statement's own effect
+        self._info = (
+            StatementInfo(frozenset((SessionChange.HOLD_CURSOR,)), False)
+            if self._name and kwargs.get("withhold")
+            else PLAIN
+        )
 
     def _open(self, info: StatementInfo) -> Any:
+        if self._closed:
+            raise psycopg.InterfaceError("the cursor is closed")
+        if self._info is not PLAIN:
+            info = _merge(info, self._info)
         client = self._client
         conn = client._server_for(Event.STATEMENT, info)
-        if self._cursor is None or self._cursor.connection is not conn:
-            if self._kwargs.get("name") is not None and self._cursor is not None:
-                raise PolicyViolation(
-                    f"{client._policy.name} pooling mode: a server-side cursor lives in its "
-                    "transaction: open it and read it inside one transaction()"
-                )
-            self._cursor = conn.cursor(*self._args, **self._kwargs)
-        return self._cursor
+        cursor = self._cursor
+        if cursor is None or cursor.connection is not conn:
+            if cursor is not None and self._name:
+                # executed again on another server connection: the cursor it declared went
+                # with its transaction; declare it anew here, never touching the old one
+                cursor._close()
+            try:
+                self._cursor = cursor = conn.cursor(*self._args, **self._kwargs)
+                for name, value in self._attrs.items():
+                    setattr(cursor, name, value)
+            except BaseException:
+                client._done()
+                raise
+        return cursor
 
     def execute(self, query: Query, params: Params | None = None, **kwargs: Any) -> Any:
-        info = inspect_statement(query) if isinstance(query, str) else PLAIN
-        cursor = self._open(info)
+        cursor = self._open(_inspect(query))
         try:
             cursor.execute(query, params, **kwargs)
         finally:
@@ -441,8 +535,7 @@ class PooledCursor:
         return self
 
     def executemany(self, query: Query, params_seq: Any, **kwargs: Any) -> None:
-        info = inspect_statement(query) if isinstance(query, str) else PLAIN
-        cursor = self._open(info)
+        cursor = self._open(_inspect(query))
         try:
             cursor.executemany(query, params_seq, **kwargs)
         finally:
@@ -450,8 +543,7 @@ class PooledCursor:
 
     def stream(self, query: Query, params: Params | None = None, **kwargs: Any
                      ) -> Iterator[Any]:
-        info = inspect_statement(query) if isinstance(query, str) else PLAIN
-        cursor = self._open(info)
+        cursor = self._open(_inspect(query))
         self._client._holds += 1
         try:
             yield from cursor.stream(query, params, **kwargs)
@@ -464,29 +556,87 @@ class PooledCursor:
         return _CopyBlock(self, statement, params, kwargs)
 
     def fetchone(self) -> Any:
+        if self._name:
+            return self._fetch("fetchone")
         return self._result().fetchone()
 
     def fetchmany(self, size: int = 0) -> list[Any]:
+        if self._name:
+            return cast("list[Any]", self._fetch("fetchmany", size))
         return cast("list[Any]", self._result().fetchmany(size))
 
     def fetchall(self) -> list[Any]:
+        if self._name:
+            return cast("list[Any]", self._fetch("fetchall"))
         return cast("list[Any]", self._result().fetchall())
 
-    def __aiter__(self) -> Iterator[Any]:
-        return cast("Iterator[Any]", self._result().__aiter__())
+    def scroll(self, value: int, mode: str = "relative") -> None:
+        if self._name:
+            self._fetch("scroll", value, mode)
+        else:
+            self._result().scroll(value, mode)
+
+    def _fetch(self, method: str, *args: Any) -> Any:
+        """Read a server-side cursor: a round trip on the client's server connection."""
+        client = self._client
+        client._enter()
+        try:
+            return getattr(self._server_side(), method)(*args)
+        finally:
+            client._leave()
+
+    def __iter__(self) -> Iterator[Any]:
+        if self._name:
+            return self._iter_server_side()
+        rows = iter(self._result())
+        return cast("Iterator[Any]", rows)
+
+    def _iter_server_side(self) -> Iterator[Any]:
+        while True:
+            rows = self._fetch("fetchmany", self._server_side().itersize)
+            if not rows:
+                return
+            yield from rows
 
     def _result(self) -> Any:
-        if self._cursor is None:
+        cursor = self._cursor
+        if cursor is None:
             raise psycopg.ProgrammingError("no result available: execute a query first")
-        return self._cursor
+        return cursor
+
+    def _server_side(self) -> Any:
+        """The server-side cursor, to read it on the server connection it lives on."""
+        cursor = self._result()
+        if not self._owned():
+            policy = self._client._policy
+            raise PolicyViolation(
+                f"{policy.name} pooling mode: the server-side cursor {self._name!r} ended with "
+                "its transaction, and this client gave its server connection back: read it "
+                "inside the transaction, or declare it with withhold=True"
+            )
+        return cursor
+
+    def _owned(self) -> bool:
+        """The server connection the cursor lives on is still this client's."""
+        slot = self._client._slot
+        return slot is not None and slot.conn is self._cursor.connection
 
     def close(self) -> None:
-        if self._cursor is not None:
-            self._cursor.close()
+        self._closed = True
+        cursor = self._cursor
+        if cursor is None or cursor.closed:
+            return
+        if self._name and not self._owned():
+            cursor._close()  # its server side is gone with the transaction: no round trip
+            return
+        if self._name:
+            self._fetch("close")
+        else:
+            cursor.close()
 
     @property
     def closed(self) -> bool:
-        return self._cursor is not None and bool(self._cursor.closed)
+        return self._closed or (self._cursor is not None and bool(self._cursor.closed))
 
     def __enter__(self) -> PooledCursor:
         return self
@@ -498,7 +648,17 @@ class PooledCursor:
         # description, rowcount, statusmessage, pgresult, nextset, scroll, row_factory...
         if name.startswith("__"):
             raise AttributeError(name)
+        if self._cursor is None and name in self._attrs:
+            return self._attrs[name]
         return getattr(self._result(), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in PooledCursor.__slots__:
+            object.__setattr__(self, name, value)
+            return
+        self._attrs[name] = value
+        if self._cursor is not None:
+            setattr(self._cursor, name, value)
 
 
 class _HoldBlock:
@@ -533,10 +693,15 @@ class _HoldBlock:
         exc_tb: TracebackType | None,
     ) -> Any:
         client = self._client
+        block, self._block = self._block, None
+        if block is None:  # taken away with its transaction (idle_in_transaction_timeout)
+            client._enter()  # raises IdleInTransactionTimeout, unless raised in the block
+            client._leave()
+            return None
         client._holds -= 1
         client._enter()  # raises if the transaction was taken away (idle too long)
         try:
-            return self._block.__exit__(exc_type, exc_val, exc_tb)
+            return block.__exit__(exc_type, exc_val, exc_tb)
         finally:
             client._done()
 
@@ -555,7 +720,34 @@ class _TransactionBlock(_HoldBlock):
         client = self._client
         client._on(Event.BEGIN, "transaction()")
         conn = client._server_for(Event.BEGIN)
-        return self._enter_block(conn.transaction(self._savepoint_name, self._force_rollback))
+        client._blocks.append(self)  # before the guard is left: the pool may abort it then
+        try:
+            return self._enter_block(
+                conn.transaction(self._savepoint_name, self._force_rollback)
+            )
+        except BaseException:
+            if self in client._blocks:
+                client._blocks.remove(self)
+            raise
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> Any:
+        blocks = self._client._blocks
+        if blocks and blocks[-1] is self:
+            blocks.pop()
+        return super().__exit__(exc_type, exc_val, exc_tb)
+
+    def _abandon(self, message: str) -> None:
+        """Roll the block back as an error leaving it would (the pool's
+        idle_in_transaction_timeout; the caller holds the client's guard)."""
+        block, self._block = self._block, None
+        if block is not None:
+            error = IdleInTransactionTimeout(message)
+            block.__exit__(type(error), error, None)
 
 
 class _CopyBlock:
@@ -613,12 +805,37 @@ def _apply_settings(conn: Connection[Any], settings: tuple[Any, ...]) -> None:
         conn.set_deferrable(deferrable)
 
 
-def _inspect_other(query: Any) -> StatementInfo:
-    """bytes and psycopg.sql objects: inspect their text when it can be had cheaply."""
+def _inspect(query: Any) -> StatementInfo:
+    """What a query (str, bytes, psycopg.sql object) would do to its server connection."""
+    if isinstance(query, str):
+        return inspect_statement(query)
     if isinstance(query, bytes):
         return inspect_statement(query.decode("utf-8", "replace"))
+    if isinstance(query, psycopg.sql.Composable):
+        # SQL("SET ROLE {}").format(Identifier(name)): the keywords are in the SQL parts
+        return inspect_statement(_sql_text(query))
+    return PLAIN  # a t-string Template (Python 3.14): see docs/pooling-modes.md
+
+
+def _sql_text(query: psycopg.sql.Composable) -> str:
+    """The text of a psycopg.sql object with its SQL parts as they are and every other part
+    (identifier, literal, placeholder) as a stand-in word: enough to scan, no adaptation."""
     if isinstance(query, psycopg.sql.SQL):
-        return inspect_statement(query.as_string(None))
-    return PLAIN  # Composed: built per call from parts; the release reset covers it
+        return query.as_string(None)
+    if isinstance(query, psycopg.sql.Composed):
+        return "".join(_sql_text(part) for part in query)
+    return " _ "
+
+
+def _merge(info: StatementInfo, extra: StatementInfo) -> StatementInfo:
+    return StatementInfo(info.changes | extra.changes, info.begins or extra.begins)
+
+
+def _reported_changed(slot: Slot[Connection[Any]]) -> bool:
+    """The server reported a session parameter changing since the connection was opened."""
+    try:
+        return bool(reported_parameters(slot.conn) != slot.defaults[4])
+    except Exception:  # a closed connection: it will not be reused anyway
+        return False
 
 

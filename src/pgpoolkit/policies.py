@@ -193,10 +193,21 @@ class StatementPolicy(TransactionPolicy):
         "run each statement on its own, or use mode='transaction' for multi-statement "
         "transactions"
     )
+    #: the way out of a refused session state change (there is no transaction to keep it in)
+    session_state_way_out = (
+        "use on_session_state='pin' (the client keeps its server connection), set it up in "
+        "the pool's configure callback, or use mode='session' for this client"
+    )
 
     def __init__(self, on_session_state: SessionStateChoice = "pin") -> None:
         super().__init__(on_session_state)
         self.table = {**self.table, (None, Event.BEGIN): Action.REFUSE}
+
+    def refusal(self, event: Event, detail: str) -> str:
+        if event is Event.SESSION_STATE:
+            what = detail or event.value
+            return f"{self.name} pooling mode does not allow {what}: {self.session_state_way_out}"
+        return super().refusal(event, detail)
 
 
 _MODES: dict[str, type[Policy]] = {

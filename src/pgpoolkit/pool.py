@@ -20,7 +20,7 @@ from psycopg import Connection
 from psycopg import errors as e
 from psycopg.pq import TransactionStatus
 
-from ._acompat import Event, Lock, Waiter, Worker, gather, spawn
+from ._acompat import Event, Lock, Waiter, Worker, gather, spawn, spawn_detached
 from ._config import (
     PoolConfig,
     check_callback,
@@ -35,7 +35,7 @@ from ._config import (
 )
 from ._core import PoolCore, Slot, check_max_clients
 from ._probe import is_alive, make_probe
-from .connection import PooledConnection
+from .connection import PooledConnection, reported_parameters
 from .errors import PoolTimeout, TooManyClients
 from .policies import Action, ClientState, Policy
 from .policies import Event as ClientEvent
@@ -136,6 +136,7 @@ class Pool:
         #: the open clients (pooled connections), for max_clients and the client stats
         self._clients: weakref.WeakSet[PooledConnection] = weakref.WeakSet()
         self._pinned_logged = False
+        self._loop: object = None
         self._configure = configure
         self._check = check
         self._reset = reset
@@ -324,20 +325,22 @@ class Pool:
         core = self._core
         if core.closed or not core.opened:
             raise core.closed_error()
-        if self.max_clients and len(self._clients) >= self.max_clients:
-            raise TooManyClients(
-                f"pool {self.name!r} refused a new client: {len(self._clients)} of "
-                f"max_clients={self.max_clients} are open. Close the clients you are done with, "
-                "or raise max_clients"
-            )
-        client = PooledConnection(self)
+        with self._lock:  # counted from now: a client waiting for its server connection is open
+            if self.max_clients and len(self._clients) >= self.max_clients:
+                raise TooManyClients(
+                    f"pool {self.name!r} refused a new client: {len(self._clients)} of "
+                    f"max_clients={self.max_clients} are open. Close the clients you are done "
+                    "with, or raise max_clients"
+                )
+            client = PooledConnection(self)
+            self._clients.add(client)
         if self._binds_on_connect:
             try:
                 client._bind(timeout)
             except BaseException:
                 client._closed = True
+                self._clients.discard(client)
                 raise
-        self._clients.add(client)
         return client
 
     def getconn(self, timeout: float | None = None) -> Connection[Any]:
@@ -439,11 +442,13 @@ class Pool:
         dirty: bool = False,
         unpin: bool = False,
         counts: tuple[int, int] = (0, 0),
+        discard: bool = False,
     ) -> None:
         """Take a connection back (``dirty``: a client changed its session; ``unpin``: the
-        client was pinned; ``counts``: the client's statements and transactions on it)."""
+        client was pinned; ``counts``: the client's statements and transactions on it;
+        ``discard``: the client changed its session beyond what a reset undoes: close it)."""
         try:
-            reusable = self._clean(slot, dirty)
+            reusable = False if discard else self._clean(slot, dirty)
         except BaseException:  # cancelled while cleaning: its state is unknown, discard it
             self._discard(slot)
             raise
@@ -466,7 +471,7 @@ class Pool:
         """Make a returned connection fit for the next client; False if it must be closed.
 
         ``dirty``: the client changed its session (SET, LISTEN, temporary tables...), which a
-        DISCARD ALL undoes (psycopg then forgets its prepared statements too).
+        DISCARD ALL undoes (and psycopg is made to forget its prepared statements too).
         """
         conn = slot.conn
         status = conn.pgconn.transaction_status
@@ -481,7 +486,8 @@ class Pool:
         if dirty:
             try:
                 conn.set_autocommit(True)
-                conn.execute("DISCARD ALL")
+                conn.execute("DISCARD ALL", prepare=False)
+                _forget_prepared(conn)
                 if self._configure is not None:  # DISCARD ALL undid what configure set up
                     conn.set_autocommit(slot.defaults[0])
                     self._configure(conn)
@@ -512,6 +518,7 @@ class Pool:
             if conn.pgconn.transaction_status != _IDLE:
                 logger.warning("pool %r: reset left a transaction open, discarding", self.name)
                 return False
+        _drop_client_handlers(conn, slot.defaults[5])  # last: the reset may receive some
         return True
 
     # -- background work ------------------------------------------------------------------------
@@ -569,7 +576,14 @@ class Pool:
                     attempt += 1
                     continue
                 probe = make_probe(conn)
-                defaults = (conn.autocommit, conn.isolation_level, conn.read_only, conn.deferrable)
+                defaults = (
+                    conn.autocommit,
+                    conn.isolation_level,
+                    conn.read_only,
+                    conn.deferrable,
+                    reported_parameters(conn),  # to see a session change the text hid
+                    tuple(getattr(conn, "_notice_handlers", ())),  # the pool's (the probe's)
+                )
                 now = monotonic()
                 with self._lock:
                     slot = self._core.new_slot(conn, now, now - t0, retrier, generation)
@@ -681,13 +695,19 @@ class Pool:
 
     def _client_lost(self, slot: Slot[Connection[Any]] | None, pinned: bool) -> None:
         """A client was garbage-collected without close(): its server connection, whose state
-        is unknown, is closed and replaced."""
+        is unknown, is closed and replaced. Called from a finalizer, in whatever thread
+        collected the client: the asynchronous pool hands the work to its event loop."""
         if slot is None:
             return
+        spawn_detached(self._loop, self._workers, self._recover, slot, pinned, name="lost")
+
+    def _recover(self, slot: Slot[Connection[Any]], pinned: bool) -> None:
         with self._lock:
             self._core.checkin(slot, monotonic(), False)
             if pinned:
                 self._core.client_released(True, 0, 0)
+        # a replacement for the waiters: none of them would start it while they wait
+        self._do_work()
 
     # -- stats ----------------------------------------------------------------------------------
 
@@ -767,6 +787,35 @@ class _ConnectionContext:
     ) -> None:
         assert self._conn is not None
         self._conn.__exit__(exc_type, exc_val, exc_tb)
+
+
+def _drop_client_handlers(conn: Connection[Any], notice_handlers: tuple[Any, ...]) -> None:
+    """What a client left on the psycopg connection goes with it: its notify and notice
+    handlers (they would hear the next clients' notifications and notices) and the
+    notifications received for its LISTEN that it did not read."""
+    # psycopg's private lists (3.x): there is no public API to list or drop them all
+    notify_handlers = getattr(conn, "_notify_handlers", None)
+    if notify_handlers:
+        notify_handlers.clear()
+    handlers = getattr(conn, "_notice_handlers", None)
+    if handlers is not None and len(handlers) != len(notice_handlers):
+        handlers[:] = notice_handlers
+    backlog = getattr(conn, "_notifies_backlog", None)
+    if backlog:
+        backlog.clear()
+
+
+def _forget_prepared(conn: Connection[Any]) -> None:
+    """DISCARD ALL dropped the backend's prepared statements: psycopg must forget them too.
+
+    psycopg clears its cache when it sees DISCARD ALL, but only the first time it runs that
+    query's text (later runs hit its cache of seen queries), so a statement it prepared after
+    the first reset would be used again after the next one: "prepared statement does not
+    exist". The pool clears the cache itself, with nothing left to deallocate.
+    """
+    prepared = conn._prepared
+    prepared.clear()
+    prepared._to_flush.clear()
 
 
 def _describe_error(ex: BaseException) -> str:

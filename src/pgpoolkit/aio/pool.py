@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import asyncio  # async-only
 import logging
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
@@ -19,7 +20,7 @@ from psycopg import AsyncConnection  # sync: from psycopg import Connection
 from psycopg import errors as e
 from psycopg.pq import TransactionStatus
 
-from .._acompat import AEvent, ALock, AWaiter, AWorker, agather, aspawn
+from .._acompat import AEvent, ALock, AWaiter, AWorker, agather, aspawn, aspawn_detached
 from .._config import (
     PoolConfig,
     check_callback,
@@ -38,7 +39,7 @@ from ..errors import PoolTimeout, TooManyClients
 from ..policies import Action, ClientState, Policy
 from ..policies import Event as ClientEvent
 from ..stats import PoolStats
-from .connection import AsyncPooledConnection
+from .connection import AsyncPooledConnection, reported_parameters
 
 __all__ = ["AsyncPool"]
 
@@ -139,6 +140,7 @@ class AsyncPool:
         #: the open clients (pooled connections), for max_clients and the client stats
         self._clients: weakref.WeakSet[AsyncPooledConnection] = weakref.WeakSet()
         self._pinned_logged = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # sync: self._loop: object = None
         self._configure = configure
         self._check = check
         self._reset = reset
@@ -201,6 +203,7 @@ class AsyncPool:
             self._core.open()
             if self._core.ready:
                 self._ready.set()
+        self._loop = asyncio.get_running_loop()  # async-only
         aspawn(self._workers, self._maintenance_worker, name=f"{self.name}-maintenance")
         await self._do_work()
         if wait:
@@ -327,20 +330,22 @@ class AsyncPool:
         core = self._core
         if core.closed or not core.opened:
             raise core.closed_error()
-        if self.max_clients and len(self._clients) >= self.max_clients:
-            raise TooManyClients(
-                f"pool {self.name!r} refused a new client: {len(self._clients)} of "
-                f"max_clients={self.max_clients} are open. Close the clients you are done with, "
-                "or raise max_clients"
-            )
-        client = AsyncPooledConnection(self)
+        with self._lock:  # counted from now: a client waiting for its server connection is open
+            if self.max_clients and len(self._clients) >= self.max_clients:
+                raise TooManyClients(
+                    f"pool {self.name!r} refused a new client: {len(self._clients)} of "
+                    f"max_clients={self.max_clients} are open. Close the clients you are done "
+                    "with, or raise max_clients"
+                )
+            client = AsyncPooledConnection(self)
+            self._clients.add(client)
         if self._binds_on_connect:
             try:
                 await client._bind(timeout)
             except BaseException:
                 client._closed = True
+                self._clients.discard(client)
                 raise
-        self._clients.add(client)
         return client
 
     async def getconn(self, timeout: float | None = None) -> AsyncConnection[Any]:
@@ -442,11 +447,13 @@ class AsyncPool:
         dirty: bool = False,
         unpin: bool = False,
         counts: tuple[int, int] = (0, 0),
+        discard: bool = False,
     ) -> None:
         """Take a connection back (``dirty``: a client changed its session; ``unpin``: the
-        client was pinned; ``counts``: the client's statements and transactions on it)."""
+        client was pinned; ``counts``: the client's statements and transactions on it;
+        ``discard``: the client changed its session beyond what a reset undoes: close it)."""
         try:
-            reusable = await self._clean(slot, dirty)
+            reusable = False if discard else await self._clean(slot, dirty)
         except BaseException:  # cancelled while cleaning: its state is unknown, discard it
             await self._discard(slot)
             raise
@@ -469,7 +476,7 @@ class AsyncPool:
         """Make a returned connection fit for the next client; False if it must be closed.
 
         ``dirty``: the client changed its session (SET, LISTEN, temporary tables...), which a
-        DISCARD ALL undoes (psycopg then forgets its prepared statements too).
+        DISCARD ALL undoes (and psycopg is made to forget its prepared statements too).
         """
         conn = slot.conn
         status = conn.pgconn.transaction_status
@@ -484,7 +491,8 @@ class AsyncPool:
         if dirty:
             try:
                 await conn.set_autocommit(True)
-                await conn.execute("DISCARD ALL")
+                await conn.execute("DISCARD ALL", prepare=False)
+                _forget_prepared(conn)
                 if self._configure is not None:  # DISCARD ALL undid what configure set up
                     await conn.set_autocommit(slot.defaults[0])
                     await self._configure(conn)
@@ -515,6 +523,7 @@ class AsyncPool:
             if conn.pgconn.transaction_status != _IDLE:
                 logger.warning("pool %r: reset left a transaction open, discarding", self.name)
                 return False
+        _drop_client_handlers(conn, slot.defaults[5])  # last: the reset may receive some
         return True
 
     # -- background work ------------------------------------------------------------------------
@@ -572,7 +581,14 @@ class AsyncPool:
                     attempt += 1
                     continue
                 probe = make_probe(conn)
-                defaults = (conn.autocommit, conn.isolation_level, conn.read_only, conn.deferrable)
+                defaults = (
+                    conn.autocommit,
+                    conn.isolation_level,
+                    conn.read_only,
+                    conn.deferrable,
+                    reported_parameters(conn),  # to see a session change the text hid
+                    tuple(getattr(conn, "_notice_handlers", ())),  # the pool's (the probe's)
+                )
                 now = monotonic()
                 with self._lock:
                     slot = self._core.new_slot(conn, now, now - t0, retrier, generation)
@@ -686,13 +702,19 @@ class AsyncPool:
 
     def _client_lost(self, slot: Slot[AsyncConnection[Any]] | None, pinned: bool) -> None:
         """A client was garbage-collected without close(): its server connection, whose state
-        is unknown, is closed and replaced."""
+        is unknown, is closed and replaced. Called from a finalizer, in whatever thread
+        collected the client: the asynchronous pool hands the work to its event loop."""
         if slot is None:
             return
+        aspawn_detached(self._loop, self._workers, self._recover, slot, pinned, name="lost")
+
+    async def _recover(self, slot: Slot[AsyncConnection[Any]], pinned: bool) -> None:
         with self._lock:
             self._core.checkin(slot, monotonic(), False)
             if pinned:
                 self._core.client_released(True, 0, 0)
+        # a replacement for the waiters: none of them would start it while they wait
+        await self._do_work()
 
     # -- stats ----------------------------------------------------------------------------------
 
@@ -772,6 +794,35 @@ class _AsyncConnectionContext:
     ) -> None:
         assert self._conn is not None
         await self._conn.__aexit__(exc_type, exc_val, exc_tb)
+
+
+def _drop_client_handlers(conn: AsyncConnection[Any], notice_handlers: tuple[Any, ...]) -> None:
+    """What a client left on the psycopg connection goes with it: its notify and notice
+    handlers (they would hear the next clients' notifications and notices) and the
+    notifications received for its LISTEN that it did not read."""
+    # psycopg's private lists (3.x): there is no public API to list or drop them all
+    notify_handlers = getattr(conn, "_notify_handlers", None)
+    if notify_handlers:
+        notify_handlers.clear()
+    handlers = getattr(conn, "_notice_handlers", None)
+    if handlers is not None and len(handlers) != len(notice_handlers):
+        handlers[:] = notice_handlers
+    backlog = getattr(conn, "_notifies_backlog", None)
+    if backlog:
+        backlog.clear()
+
+
+def _forget_prepared(conn: AsyncConnection[Any]) -> None:
+    """DISCARD ALL dropped the backend's prepared statements: psycopg must forget them too.
+
+    psycopg clears its cache when it sees DISCARD ALL, but only the first time it runs that
+    query's text (later runs hit its cache of seen queries), so a statement it prepared after
+    the first reset would be used again after the next one: "prepared statement does not
+    exist". The pool clears the cache itself, with nothing left to deallocate.
+    """
+    prepared = conn._prepared
+    prepared.clear()
+    prepared._to_flush.clear()
 
 
 def _describe_error(ex: BaseException) -> str:
