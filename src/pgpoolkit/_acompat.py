@@ -144,6 +144,25 @@ class Guard:
         self._lock.release()
 
 
+class NoGuard:
+    """The guard of the clients of a pool with no idle_in_transaction_timeout: nothing ever
+    needs to know whether they are busy, so marking it costs nothing."""
+
+    __slots__ = ()
+
+    def acquire(self) -> None:
+        return None
+
+    def try_acquire(self) -> bool:
+        return False
+
+    def release(self) -> None:
+        return None
+
+
+NO_GUARD = NoGuard()
+
+
 class AGuard:
     """Marks a pooled connection busy on its server connection (asyncio): a count, as only
     the event loop's thread uses it."""

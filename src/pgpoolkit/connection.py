@@ -27,7 +27,7 @@ from psycopg import Connection, Cursor, IsolationLevel
 from psycopg.abc import Params, Query
 from psycopg.pq import TransactionStatus
 
-from ._acompat import Guard
+from ._acompat import NO_GUARD, Guard, NoGuard
 from ._core import Slot
 from ._session_state import (
     NOT_RESETTABLE,
@@ -48,6 +48,7 @@ logger = logging.getLogger("pgpoolkit")
 
 _IDLE = TransactionStatus.IDLE
 _INTRANS = TransactionStatus.INTRANS
+_UNKNOWN = TransactionStatus.UNKNOWN
 
 #: session parameters the server reports to the client when they change (ParameterStatus):
 #: a change the statement's text did not show (a function running SET ROLE or set_config, a
@@ -91,6 +92,7 @@ class PooledConnection:
         "_settings",
         "_slot",
         "_statements",
+        "_touched",
         "_transactions",
     )
 
@@ -114,15 +116,15 @@ class PooledConnection:
         self._transactions = 0
         #: held while the client runs something on its server connection: the pool's
         #: idle_in_transaction_timeout only takes a transaction from a client that holds none
-        self._guard = Guard()
+        self._guard: Guard | NoGuard = Guard() if pool.idle_in_transaction_timeout else NO_GUARD
+        #: the client reached into the psycopg connection (handlers, notifies) or changed its
+        #: settings: the pool restores and clears them on release
+        self._touched = False
         self._active_at = 0.0
         #: why the client lost its transaction (idle_in_transaction_timeout), for its next use
         self._aborted: str | None = None
-        self._releases_when_idle = (
-            self._policy.decide(ClientState.BOUND, Event.IDLE_AFTER) is Action.RELEASE
-        )
-        if self._policy.autocommit is not None:
-            self._settings = (self._policy.autocommit, *pool._client_defaults()[1:])
+        self._releases_when_idle = pool._releases_when_idle
+        self._settings = pool._new_client_settings
 
     # -- binding --------------------------------------------------------------------------------
 
@@ -206,12 +208,15 @@ class PooledConnection:
         self._slot = None
         dirty, pinned, discard = self._dirty, self._pinned, self._discard
         self._dirty = self._pinned = self._discard = False
-        if not dirty and not checked and _reported_changed(slot):
+        # nothing ran since the last check, nothing can have changed: no need to look
+        if not dirty and not checked and self._statements and _reported_changed(slot):
             dirty = True
         counts = (self._statements, self._transactions)
         self._statements = self._transactions = 0
+        touched = self._touched or self._settings is not None
+        self._touched = False
         self._pool._release(
-            slot, dirty=dirty, unpin=pinned, counts=counts, discard=discard
+            slot, dirty=dirty, unpin=pinned, counts=counts, discard=discard, touched=touched
         )
 
     def _done(self) -> None:
@@ -432,8 +437,11 @@ class PooledConnection:
         if self._closed:
             return
         try:
-            if exc_type is None and self._slot is not None and not self._slot.conn.closed:
-                self._slot.conn.commit()
+            slot = self._slot
+            if exc_type is None and slot is not None:
+                status = slot.conn.pgconn.transaction_status
+                if status != _IDLE and status != _UNKNOWN:  # a transaction is open
+                    self.commit()
         finally:
             # a failed commit or an exception: the pool rolls back what is still open
             self.close()
@@ -450,6 +458,7 @@ class PooledConnection:
             raise AttributeError(name)
         if self._closed:
             raise psycopg.OperationalError("the connection is closed")
+        self._touched = True  # handlers, notifies, adapters...: the pool cleans up after it
         if self._slot is None:
             if not hasattr(Connection, name):
                 raise AttributeError(name)

@@ -130,8 +130,17 @@ class Pool:
             if idle_in_transaction_timeout is None
             else check_timeout(idle_in_transaction_timeout, "idle_in_transaction_timeout")
         )
+        # what every new client needs to know, decided once
         self._binds_on_connect = (
             self.policy.decide(ClientState.IDLE, ClientEvent.CONNECT) is Action.BIND
+        )
+        self._releases_when_idle = (
+            self.policy.decide(ClientState.BOUND, ClientEvent.IDLE_AFTER) is Action.RELEASE
+        )
+        self._new_client_settings: tuple[Any, ...] | None = (
+            None
+            if self.policy.autocommit is None
+            else (self.policy.autocommit, *self._client_defaults()[1:])
         )
         #: the open clients (pooled connections), for max_clients and the client stats
         self._clients: weakref.WeakSet[PooledConnection] = weakref.WeakSet()
@@ -325,14 +334,18 @@ class Pool:
         core = self._core
         if core.closed or not core.opened:
             raise core.closed_error()
-        with self._lock:  # counted from now: a client waiting for its server connection is open
-            if self.max_clients and len(self._clients) >= self.max_clients:
-                raise TooManyClients(
-                    f"pool {self.name!r} refused a new client: {len(self._clients)} of "
-                    f"max_clients={self.max_clients} are open. Close the clients you are done "
-                    "with, or raise max_clients"
-                )
-            client = PooledConnection(self)
+        client = PooledConnection(self)
+        if self.max_clients:
+            with self._lock:  # counted from now: a client waiting for its server is open
+                if len(self._clients) >= self.max_clients:
+                    client._closed = True
+                    raise TooManyClients(
+                        f"pool {self.name!r} refused a new client: {len(self._clients)} of "
+                        f"max_clients={self.max_clients} are open. Close the clients you are "
+                        "done with, or raise max_clients"
+                    )
+                self._clients.add(client)
+        else:
             self._clients.add(client)
         if self._binds_on_connect:
             try:
@@ -443,12 +456,15 @@ class Pool:
         unpin: bool = False,
         counts: tuple[int, int] = (0, 0),
         discard: bool = False,
+        touched: bool = True,
     ) -> None:
         """Take a connection back (``dirty``: a client changed its session; ``unpin``: the
         client was pinned; ``counts``: the client's statements and transactions on it;
-        ``discard``: the client changed its session beyond what a reset undoes: close it)."""
+        ``discard``: the client changed its session beyond what a reset undoes: close it;
+        ``touched``: the client may have changed the psycopg connection's settings or
+        handlers, which a pooled connection knows, and getconn() users don't say)."""
         try:
-            reusable = False if discard else self._clean(slot, dirty)
+            reusable = False if discard else self._clean(slot, dirty, touched)
         except BaseException:  # cancelled while cleaning: its state is unknown, discard it
             self._discard(slot)
             raise
@@ -467,7 +483,9 @@ class Pool:
             self._core.checkin(slot, monotonic(), False)
         self._do_work()
 
-    def _clean(self, slot: Slot[Connection[Any]], dirty: bool = False) -> bool:
+    def _clean(
+        self, slot: Slot[Connection[Any]], dirty: bool = False, touched: bool = True
+    ) -> bool:
         """Make a returned connection fit for the next client; False if it must be closed.
 
         ``dirty``: the client changed its session (SET, LISTEN, temporary tables...), which a
@@ -496,16 +514,10 @@ class Pool:
             except Exception as ex:
                 logger.warning("pool %r: session reset failed, discarding: %s", self.name, ex)
                 return False
-        defaults = slot.defaults
         try:
-            if conn.autocommit is not defaults[0]:
-                conn.set_autocommit(defaults[0])
-            if conn.isolation_level is not defaults[1]:
-                conn.set_isolation_level(defaults[1])
-            if conn.read_only is not defaults[2]:
-                conn.set_read_only(defaults[2])
-            if conn.deferrable is not defaults[3]:
-                conn.set_deferrable(defaults[3])
+            # a pooled connection that changed no setting has nothing to restore
+            if touched or dirty:
+                _restore_settings(conn, slot.defaults)
         except Exception as ex:  # e.g. a transaction() block still open: can't reuse it
             logger.warning("pool %r: could not restore connection settings: %s", self.name, ex)
             return False
@@ -518,7 +530,8 @@ class Pool:
             if conn.pgconn.transaction_status != _IDLE:
                 logger.warning("pool %r: reset left a transaction open, discarding", self.name)
                 return False
-        _drop_client_handlers(conn, slot.defaults[5])  # last: the reset may receive some
+        if touched or dirty:  # last: the reset may receive some
+            _drop_client_handlers(conn, slot.defaults[5])
         return True
 
     # -- background work ------------------------------------------------------------------------
@@ -787,6 +800,18 @@ class _ConnectionContext:
     ) -> None:
         assert self._conn is not None
         self._conn.__exit__(exc_type, exc_val, exc_tb)
+
+
+def _restore_settings(conn: Connection[Any], defaults: tuple[Any, ...]) -> None:
+    """Put back the settings the connection had when it was made (no round trip)."""
+    if conn.autocommit is not defaults[0]:
+        conn.set_autocommit(defaults[0])
+    if conn.isolation_level is not defaults[1]:
+        conn.set_isolation_level(defaults[1])
+    if conn.read_only is not defaults[2]:
+        conn.set_read_only(defaults[2])
+    if conn.deferrable is not defaults[3]:
+        conn.set_deferrable(defaults[3])
 
 
 def _drop_client_handlers(conn: Connection[Any], notice_handlers: tuple[Any, ...]) -> None:
