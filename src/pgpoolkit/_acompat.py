@@ -14,6 +14,7 @@ import functools
 import math
 import sys
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Generic, TypeVar
 
@@ -127,12 +128,14 @@ Lock = threading.Lock
 
 class Guard:
     """Marks a pooled connection busy on its server connection (threads): the owner's
-    thread may nest, another thread (the pool's maintenance) only takes it if free."""
+    thread may nest, another thread (the pool's maintenance) only takes it if free.
+    ``active_at`` is when it was last released: the end of the client's last operation."""
 
-    __slots__ = ("_lock",)
+    __slots__ = ("_lock", "active_at")
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
+        self.active_at = time.monotonic()
 
     def acquire(self) -> None:
         self._lock.acquire()
@@ -141,14 +144,17 @@ class Guard:
         return self._lock.acquire(blocking=False)
 
     def release(self) -> None:
+        self.active_at = time.monotonic()
         self._lock.release()
 
 
 class NoGuard:
     """The guard of the clients of a pool with no idle_in_transaction_timeout: nothing ever
-    needs to know whether they are busy, so marking it costs nothing."""
+    needs to know whether they are busy, or since when, so marking it costs nothing."""
 
     __slots__ = ()
+
+    active_at = 0.0
 
     def acquire(self) -> None:
         return None
@@ -165,12 +171,13 @@ NO_GUARD = NoGuard()
 
 class AGuard:
     """Marks a pooled connection busy on its server connection (asyncio): a count, as only
-    the event loop's thread uses it."""
+    the event loop's thread uses it. ``active_at`` is when it was last released."""
 
-    __slots__ = ("_depth",)
+    __slots__ = ("_depth", "active_at")
 
     def __init__(self) -> None:
         self._depth = 0
+        self.active_at = time.monotonic()
 
     def acquire(self) -> None:
         self._depth += 1
@@ -182,6 +189,7 @@ class AGuard:
         return True
 
     def release(self) -> None:
+        self.active_at = time.monotonic()
         self._depth -= 1
 
 

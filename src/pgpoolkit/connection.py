@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
-from time import monotonic
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -78,7 +77,6 @@ class PooledConnection:
     __slots__ = (
         "__weakref__",
         "_aborted",
-        "_active_at",
         "_blocks",
         "_closed",
         "_dirty",
@@ -120,7 +118,6 @@ class PooledConnection:
         #: the client reached into the psycopg connection (handlers, notifies) or changed its
         #: settings: the pool restores and clears them on release
         self._touched = False
-        self._active_at = 0.0
         #: why the client lost its transaction (idle_in_transaction_timeout), for its next use
         self._aborted: str | None = None
         self._releases_when_idle = pool._releases_when_idle
@@ -150,8 +147,7 @@ class PooledConnection:
             raise IdleInTransactionTimeout(message)
 
     def _leave(self) -> None:
-        self._active_at = monotonic()
-        self._guard.release()
+        self._guard.release()  # and notes the time, when idle transactions are watched
 
     def _server_for(self, event: Event, info: StatementInfo = PLAIN) -> Connection[Any]:
         """The server connection to run ``event`` on, after asking the policy. The caller

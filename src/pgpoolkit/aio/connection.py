@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Iterable
-from time import monotonic
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -76,7 +75,6 @@ class AsyncPooledConnection:
     __slots__ = (
         "__weakref__",
         "_aborted",
-        "_active_at",
         "_blocks",
         "_closed",
         "_dirty",
@@ -118,7 +116,6 @@ class AsyncPooledConnection:
         #: the client reached into the psycopg connection (handlers, notifies) or changed its
         #: settings: the pool restores and clears them on release
         self._touched = False
-        self._active_at = 0.0
         #: why the client lost its transaction (idle_in_transaction_timeout), for its next use
         self._aborted: str | None = None
         self._releases_when_idle = pool._releases_when_idle
@@ -148,8 +145,7 @@ class AsyncPooledConnection:
             raise IdleInTransactionTimeout(message)
 
     def _leave(self) -> None:
-        self._active_at = monotonic()
-        self._guard.release()
+        self._guard.release()  # and notes the time, when idle transactions are watched
 
     async def _server_for(self, event: Event, info: StatementInfo = PLAIN) -> AsyncConnection[Any]:
         """The server connection to run ``event`` on, after asking the policy. The caller

@@ -670,7 +670,7 @@ class AsyncPool:
         now = monotonic()
         for client in list(self._clients):
             slot = client._slot
-            if slot is None or now - client._active_at < limit:
+            if slot is None or now - client._guard.active_at < limit:
                 continue
             status = slot.conn.pgconn.transaction_status
             if (status != _INTRANS and status != _INERROR) or not client._guard.try_acquire():
@@ -679,7 +679,7 @@ class AsyncPool:
                 if client._slot is slot:
                     await client._abort_transaction(
                         f"pool {self.name!r}: this connection's transaction was rolled back "
-                        f"after {now - client._active_at:.1f} s idle in transaction "
+                        f"after {now - client._guard.active_at:.1f} s idle in transaction "
                         f"(idle_in_transaction_timeout={limit:g} s); its work is lost: "
                         "run the transaction again, without pausing inside it"
                     )
