@@ -39,7 +39,7 @@ from typing import Any
 
 import psycopg
 import psycopg_pool
-from _common import Target, counts, fmt, print_targets
+from _common import Target, counts, fmt, positive, print_targets
 from harness import (
     Contender,
     Result,
@@ -392,26 +392,10 @@ def targets(results: Sequence[Result]) -> list[Target]:
 
 
 def _thread_counts(text: str) -> list[int]:
-    try:
-        counts = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a list like 1,4, got {text!r}") from None
-    if not counts or any(c < 1 or c > POOL_SIZE for c in counts):
+    values = counts(text)
+    if any(c > POOL_SIZE for c in values):
         raise argparse.ArgumentTypeError(f"expected counts between 1 and {POOL_SIZE}, got {text}")
-    return counts
-
-
-def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"invalid value {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a value > 0, got {text}")
-        return value
-
-    return parse
+    return values
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -424,11 +408,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help=f"server to use (default: ${DSN_ENV}, else a throwaway local PostgreSQL)",
     )
     parser.add_argument(
-        "--rounds", type=_positive(int), default=5, help="rounds per contender (default: 5)"
+        "--rounds", type=positive(int), default=5, help="rounds per contender (default: 5)"
     )
     parser.add_argument(
         "--seconds",
-        type=_positive(float),
+        type=positive(float),
         default=0.3,
         help="length of one round of one contender (default: 0.3)",
     )
