@@ -30,6 +30,7 @@ PKG = ROOT / "src" / "pgpoolkit"
 FILES = {
     PKG / "aio" / "pool.py": PKG / "pool.py",
     PKG / "aio" / "connection.py": PKG / "connection.py",
+    PKG / "aio" / "cursor.py": PKG / "cursor.py",
 }
 
 RENAMES = {

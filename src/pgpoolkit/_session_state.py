@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import re
 from enum import Enum
+from typing import Any
+
+import psycopg
+import psycopg.sql
 
 __all__ = [
     "NOT_RESETTABLE",
@@ -162,3 +166,30 @@ def _call_args(text: str, start: int) -> str:
             if depth == 0:
                 return text[start:i]
     return text[start:]
+
+
+def inspect_query(query: Any) -> StatementInfo:
+    """What a query (str, bytes, psycopg.sql object) would do to its server connection."""
+    if isinstance(query, str):
+        return inspect_statement(query)
+    if isinstance(query, bytes):
+        return inspect_statement(query.decode("utf-8", "replace"))
+    if isinstance(query, psycopg.sql.Composable):
+        # SQL("SET ROLE {}").format(Identifier(name)): the keywords are in the SQL parts
+        return inspect_statement(_sql_text(query))
+    return PLAIN  # a t-string Template (Python 3.14): see docs/pooling-modes.md
+
+
+def _sql_text(query: psycopg.sql.Composable) -> str:
+    """The text of a psycopg.sql object with its SQL parts as they are and every other part
+    (identifier, literal, placeholder) as a stand-in word: enough to scan, no adaptation."""
+    if isinstance(query, psycopg.sql.SQL):
+        return query.as_string(None)
+    if isinstance(query, psycopg.sql.Composed):
+        return "".join(_sql_text(part) for part in query)
+    return " _ "
+
+
+def merge_info(info: StatementInfo, extra: StatementInfo) -> StatementInfo:
+    """What two inspections say together."""
+    return StatementInfo(info.changes | extra.changes, info.begins or extra.begins)

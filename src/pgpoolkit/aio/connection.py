@@ -15,7 +15,7 @@ the client and are applied to whichever server connection it is bound to.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast
 
@@ -29,17 +29,17 @@ from .._core import Slot
 from .._session_state import (
     NOT_RESETTABLE,
     PLAIN,
-    SessionChange,
     StatementInfo,
-    inspect_statement,
+    inspect_query,
 )
 from ..errors import IdleInTransactionTimeout, PolicyViolation
 from ..policies import Action, ClientState, Event, Policy
+from .cursor import AsyncPooledCursor
 
 if TYPE_CHECKING:
     from .pool import AsyncPool
 
-__all__ = ["AsyncPooledConnection", "AsyncPooledCursor"]
+__all__ = ["AsyncPooledConnection"]
 
 logger = logging.getLogger("pgpoolkit")
 
@@ -284,7 +284,7 @@ class AsyncPooledConnection:
     ) -> AsyncCursor[Any]:
         """Run a query and return a cursor with its result (psycopg's ``execute``). The result
         stays readable after the server connection is released."""
-        conn = await self._server_for(Event.STATEMENT, _inspect(query))
+        conn = await self._server_for(Event.STATEMENT, inspect_query(query))
         try:
             # cast: psycopg's overloads split t-string templates (3.3) from other queries
             return await conn.execute(cast(Any, query), params, prepare=prepare, binary=binary)
@@ -475,197 +475,6 @@ class AsyncPooledConnection:
         )
 
 
-class AsyncPooledCursor:
-    """A cursor of a pooled connection: each execute runs through the client (and its
-    policy); the results stay readable after the server connection is released.
-
-    A server-side (named) cursor lives on the server connection, in its transaction: it is
-    read while the client holds that connection, and reading it after the transaction ended
-    raises PolicyViolation instead of touching a connection another client may hold now. A
-    ``withhold=True`` cursor outlives its transaction: session state, as DECLARE WITH HOLD.
-    """
-
-    __slots__ = ("_args", "_attrs", "_client", "_closed", "_cursor", "_info", "_kwargs", "_name")
-
-    def __init__(
-        self, client: AsyncPooledConnection, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> None:
-        self._client = client
-        self._args = args
-        self._kwargs = kwargs
-        self._cursor: Any = None
-        self._closed = False
-        #: attributes set by the user (itersize, arraysize, row_factory...), for every cursor
-        #: this one opens on a server connection
-        self._attrs: dict[str, Any] = {}
-        #: the server-side cursor's name ("": a client-side cursor); psycopg takes it first
-        self._name: str = (args[0] if args else kwargs.get("name")) or ""
-        #: what executing through this cursor adds to a statement's own effect
-        self._info = (
-            StatementInfo(frozenset((SessionChange.HOLD_CURSOR,)), False)
-            if self._name and kwargs.get("withhold")
-            else PLAIN
-        )
-
-    async def _open(self, info: StatementInfo) -> Any:
-        if self._closed:
-            raise psycopg.InterfaceError("the cursor is closed")
-        if self._info is not PLAIN:
-            info = _merge(info, self._info)
-        client = self._client
-        conn = await client._server_for(Event.STATEMENT, info)
-        cursor = self._cursor
-        if cursor is None or cursor.connection is not conn:
-            if cursor is not None and self._name:
-                # executed again on another server connection: the cursor it declared went
-                # with its transaction; declare it anew here, never touching the old one
-                cursor._close()
-            try:
-                self._cursor = cursor = conn.cursor(*self._args, **self._kwargs)
-                for name, value in self._attrs.items():
-                    setattr(cursor, name, value)
-            except BaseException:
-                await client._done()
-                raise
-        return cursor
-
-    async def execute(self, query: Query, params: Params | None = None, **kwargs: Any) -> Any:
-        cursor = await self._open(_inspect(query))
-        try:
-            await cursor.execute(query, params, **kwargs)
-        finally:
-            await self._client._done()
-        return self
-
-    async def executemany(self, query: Query, params_seq: Any, **kwargs: Any) -> None:
-        cursor = await self._open(_inspect(query))
-        try:
-            await cursor.executemany(query, params_seq, **kwargs)
-        finally:
-            await self._client._done()
-
-    async def stream(self, query: Query, params: Params | None = None, **kwargs: Any
-                     ) -> AsyncIterator[Any]:
-        cursor = await self._open(_inspect(query))
-        self._client._holds += 1
-        try:
-            async for row in cursor.stream(query, params, **kwargs):
-                yield row
-        finally:
-            self._client._holds -= 1
-            await self._client._done()
-
-    def copy(self, statement: Query, params: Params | None = None, **kwargs: Any
-             ) -> _AsyncCopyBlock:
-        return _AsyncCopyBlock(self, statement, params, kwargs)
-
-    async def fetchone(self) -> Any:
-        if self._name:
-            return await self._fetch("fetchone")
-        return await self._result().fetchone()
-
-    async def fetchmany(self, size: int = 0) -> list[Any]:
-        if self._name:
-            return cast("list[Any]", await self._fetch("fetchmany", size))
-        return cast("list[Any]", await self._result().fetchmany(size))
-
-    async def fetchall(self) -> list[Any]:
-        if self._name:
-            return cast("list[Any]", await self._fetch("fetchall"))
-        return cast("list[Any]", await self._result().fetchall())
-
-    async def scroll(self, value: int, mode: str = "relative") -> None:
-        if self._name:
-            await self._fetch("scroll", value, mode)
-        else:
-            await self._result().scroll(value, mode)
-
-    async def _fetch(self, method: str, *args: Any) -> Any:
-        """Read a server-side cursor: a round trip on the client's server connection."""
-        client = self._client
-        client._enter()
-        try:
-            return await getattr(self._server_side(), method)(*args)
-        finally:
-            client._leave()
-
-    def __aiter__(self) -> AsyncIterator[Any]:  # sync: def __iter__(self) -> Iterator[Any]:
-        if self._name:
-            return self._iter_server_side()
-        rows = self._result().__aiter__()  # sync: rows = iter(self._result())
-        return cast("AsyncIterator[Any]", rows)
-
-    async def _iter_server_side(self) -> AsyncIterator[Any]:
-        while True:
-            rows = await self._fetch("fetchmany", self._server_side().itersize)
-            if not rows:
-                return
-            for row in rows:
-                yield row
-
-    def _result(self) -> Any:
-        cursor = self._cursor
-        if cursor is None:
-            raise psycopg.ProgrammingError("no result available: execute a query first")
-        return cursor
-
-    def _server_side(self) -> Any:
-        """The server-side cursor, to read it on the server connection it lives on."""
-        cursor = self._result()
-        if not self._owned():
-            policy = self._client._policy
-            raise PolicyViolation(
-                f"{policy.name} pooling mode: the server-side cursor {self._name!r} ended with "
-                "its transaction, and this client gave its server connection back: read it "
-                "inside the transaction, or declare it with withhold=True"
-            )
-        return cursor
-
-    def _owned(self) -> bool:
-        """The server connection the cursor lives on is still this client's."""
-        slot = self._client._slot
-        return slot is not None and slot.conn is self._cursor.connection
-
-    async def close(self) -> None:
-        self._closed = True
-        cursor = self._cursor
-        if cursor is None or cursor.closed:
-            return
-        if self._name and not self._owned():
-            cursor._close()  # its server side is gone with the transaction: no round trip
-            return
-        if self._name:
-            await self._fetch("close")
-        else:
-            await cursor.close()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed or (self._cursor is not None and bool(self._cursor.closed))
-
-    async def __aenter__(self) -> AsyncPooledCursor:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    def __getattr__(self, name: str) -> Any:
-        # description, rowcount, statusmessage, pgresult, nextset, scroll, row_factory...
-        if name.startswith("__"):
-            raise AttributeError(name)
-        if self._cursor is None and name in self._attrs:
-            return self._attrs[name]
-        return getattr(self._result(), name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in AsyncPooledCursor.__slots__:
-            object.__setattr__(self, name, value)
-            return
-        self._attrs[name] = value
-        if self._cursor is not None:
-            setattr(self._cursor, name, value)
-
-
 class _AsyncHoldBlock:
     """A block during which the client keeps its server connection (pipeline)."""
 
@@ -755,44 +564,6 @@ class _AsyncTransactionBlock(_AsyncHoldBlock):
             await block.__aexit__(type(error), error, None)
 
 
-class _AsyncCopyBlock:
-    """``cursor.copy()``: the client keeps its server connection until the COPY ends."""
-
-    def __init__(
-        self, cursor: AsyncPooledCursor, statement: Query, params: Params | None,
-        kwargs: dict[str, Any],
-    ) -> None:
-        self._cursor = cursor
-        self._args = (statement, params)
-        self._kwargs = kwargs
-        self._block: Any = None
-
-    async def __aenter__(self) -> Any:
-        cursor = await self._cursor._open(PLAIN)
-        client = self._cursor._client
-        client._holds += 1
-        try:
-            self._block = cursor.copy(*self._args, **self._kwargs)
-            return await self._block.__aenter__()
-        except BaseException:
-            client._holds -= 1
-            await client._done()
-            raise
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> Any:
-        client = self._cursor._client
-        try:
-            return await self._block.__aexit__(exc_type, exc_val, exc_tb)
-        finally:
-            client._holds -= 1
-            await client._done()
-
-
 def _read_settings(conn: AsyncConnection[Any]) -> tuple[Any, ...]:
     return (conn.autocommit, conn.isolation_level, conn.read_only, conn.deferrable)
 
@@ -808,32 +579,6 @@ async def _apply_settings(conn: AsyncConnection[Any], settings: tuple[Any, ...])
         await conn.set_read_only(read_only)
     if conn.deferrable is not deferrable:
         await conn.set_deferrable(deferrable)
-
-
-def _inspect(query: Any) -> StatementInfo:
-    """What a query (str, bytes, psycopg.sql object) would do to its server connection."""
-    if isinstance(query, str):
-        return inspect_statement(query)
-    if isinstance(query, bytes):
-        return inspect_statement(query.decode("utf-8", "replace"))
-    if isinstance(query, psycopg.sql.Composable):
-        # SQL("SET ROLE {}").format(Identifier(name)): the keywords are in the SQL parts
-        return inspect_statement(_sql_text(query))
-    return PLAIN  # a t-string Template (Python 3.14): see docs/pooling-modes.md
-
-
-def _sql_text(query: psycopg.sql.Composable) -> str:
-    """The text of a psycopg.sql object with its SQL parts as they are and every other part
-    (identifier, literal, placeholder) as a stand-in word: enough to scan, no adaptation."""
-    if isinstance(query, psycopg.sql.SQL):
-        return query.as_string(None)
-    if isinstance(query, psycopg.sql.Composed):
-        return "".join(_sql_text(part) for part in query)
-    return " _ "
-
-
-def _merge(info: StatementInfo, extra: StatementInfo) -> StatementInfo:
-    return StatementInfo(info.changes | extra.changes, info.begins or extra.begins)
 
 
 def _reported_changed(slot: Slot[AsyncConnection[Any]]) -> bool:
