@@ -85,6 +85,40 @@ def counts(text: str) -> list[int]:
     return values
 
 
+def add_run_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    rounds: int = 5,
+    rounds_help: str = "rounds per contender",
+    seconds: float | None = None,
+    seconds_help: str = "length of one round of one contender",
+    warmup: bool = True,
+) -> None:
+    """The options every benchmark script takes: --dsn, --rounds and, where the script times
+    rounds, --seconds and --warmup."""
+    parser.add_argument(
+        "--dsn",
+        help=f"server to use (default: ${DSN_ENV}, else a throwaway local PostgreSQL)",
+    )
+    parser.add_argument(
+        "--rounds", type=positive(int), default=rounds, help=f"{rounds_help} (default: {rounds})"
+    )
+    if seconds is not None:
+        parser.add_argument(
+            "--seconds",
+            type=positive(float),
+            default=seconds,
+            help=f"{seconds_help} (default: {seconds:g})",
+        )
+    if warmup:
+        parser.add_argument(
+            "--warmup",
+            type=float,
+            default=0.1,
+            help="warm-up run per contender before the rounds, seconds (default: 0.1)",
+        )
+
+
 def positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
     """An argparse type: ``kind(text)``, which must be > 0."""
 

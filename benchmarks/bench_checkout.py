@@ -39,7 +39,7 @@ from typing import Any
 
 import psycopg
 import psycopg_pool
-from _common import Target, counts, fmt, positive, print_targets
+from _common import Target, add_run_arguments, counts, fmt, print_targets
 from harness import (
     Contender,
     Result,
@@ -403,25 +403,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="Checkout cost: pgpoolkit vs psycopg_pool (threads and asyncio), and "
         "SELECT 1 through the pools vs raw psycopg connections.",
     )
-    parser.add_argument(
-        "--dsn",
-        help=f"server to use (default: ${DSN_ENV}, else a throwaway local PostgreSQL)",
-    )
-    parser.add_argument(
-        "--rounds", type=positive(int), default=5, help="rounds per contender (default: 5)"
-    )
-    parser.add_argument(
-        "--seconds",
-        type=positive(float),
-        default=0.3,
-        help="length of one round of one contender (default: 0.3)",
-    )
-    parser.add_argument(
-        "--warmup",
-        type=float,
-        default=0.1,
-        help="warm-up run per contender before the rounds, seconds (default: 0.1)",
-    )
+    add_run_arguments(parser, seconds=0.3)
     parser.add_argument(
         "--threads",
         type=_thread_counts,

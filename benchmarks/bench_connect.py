@@ -31,12 +31,12 @@ import psycopg_pool
 from _common import (
     SetupError,
     Target,
+    add_run_arguments,
     connect_check,
     counts,
     fmt,
     one_line,
     plural,
-    positive,
     print_targets,
     server_dsn,
     versions,
@@ -169,21 +169,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="SELECT 1 on a new psycopg connection per unit vs a pooled connection.",
     )
-    parser.add_argument(
-        "--dsn", help="server to use (default: $PGPOOLKIT_DSN, else a throwaway PostgreSQL)"
-    )
-    parser.add_argument(
-        "--rounds", type=positive(int), default=5, help="rounds per contender (default: 5)"
-    )
-    parser.add_argument(
-        "--seconds",
-        type=positive(float),
-        default=0.3,
-        help="length of one round of one contender (default: 0.3)",
-    )
-    parser.add_argument(
-        "--warmup", type=float, default=0.1, help="warm-up run per contender (default: 0.1)"
-    )
+    add_run_arguments(parser, seconds=0.3)
     parser.add_argument(
         "--threads", type=counts, default=[1, 4], help="thread counts (default: 1,4)"
     )

@@ -40,6 +40,7 @@ from typing import Any, TextIO
 from _common import (
     SetupError,
     Target,
+    add_run_arguments,
     connect_check,
     fmt,
     one_line,
@@ -354,12 +355,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Memory per open idle transaction-mode client (pool.connect()).",
     )
-    parser.add_argument(
-        "--dsn", help="server to use (default: $PGPOOLKIT_DSN, else a throwaway PostgreSQL)"
-    )
-    parser.add_argument(
-        "--rounds", type=positive(int), default=3, help="rounds per contender (default: 3)"
-    )
+    add_run_arguments(parser, rounds=3, warmup=False)
     parser.add_argument(
         "--clients",
         type=positive(int),

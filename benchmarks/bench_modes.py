@@ -48,7 +48,7 @@ from typing import Any, TextIO
 
 import psycopg
 import psycopg_pool
-from _common import DSN_ENV, Extras, Target, counts, one_line, plural, positive
+from _common import DSN_ENV, Extras, Target, add_run_arguments, counts, one_line, plural, positive
 from _pgbouncer import (
     NO_PREPARE,
     PgBouncer,
@@ -747,18 +747,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "pooling, and many clients over 10 server connections: pgpoolkit vs psycopg_pool "
         "and PgBouncer.",
     )
-    parser.add_argument(
-        "--dsn",
-        help=f"server to use (default: ${DSN_ENV}, else a throwaway local PostgreSQL)",
-    )
-    parser.add_argument(
-        "--rounds", type=positive(int), default=5, help="rounds per contender (default: 5)"
-    )
-    parser.add_argument(
-        "--seconds",
-        type=positive(float),
-        default=0.25,
-        help="length of one per-statement round of one contender (default: 0.25)",
+    add_run_arguments(
+        parser,
+        seconds=0.25,
+        seconds_help="length of one per-statement round of one contender",
+        warmup=False,  # added below, after --many-seconds
     )
     parser.add_argument(
         "--many-seconds",

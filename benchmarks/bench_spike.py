@@ -47,6 +47,7 @@ import psycopg_pool
 from _common import (
     SetupError,
     Target,
+    add_run_arguments,
     connect_check,
     fmt,
     one_line,
@@ -521,12 +522,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         description="A spike of 50 requests on an empty pool, with slow connects: "
         "connections opened and latency, pgpoolkit vs psycopg_pool (threads and asyncio).",
     )
-    parser.add_argument(
-        "--dsn", help="server to use (default: $PGPOOLKIT_DSN, else a throwaway PostgreSQL)"
-    )
-    parser.add_argument(
-        "--rounds", type=positive(int), default=5, help="spikes per contender (default: 5)"
-    )
+    add_run_arguments(parser, rounds_help="spikes per contender", warmup=False)
     parser.add_argument(
         "--no-warmup", action="store_true", help="no unmeasured spike per contender first"
     )

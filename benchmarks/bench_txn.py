@@ -41,13 +41,13 @@ import psycopg_pool
 from _common import (
     Extras,
     SetupError,
+    add_run_arguments,
     connect_check,
     counts,
     fmt,
     median_ratio,
     one_line,
     plural,
-    positive,
     server_dsn,
     versions,
 )
@@ -396,21 +396,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "COMMIT): raw psycopg, pgpoolkit session and transaction modes, psycopg_pool and "
         "PgBouncer.",
     )
-    parser.add_argument(
-        "--dsn", help="server to use (default: $PGPOOLKIT_DSN, else a throwaway PostgreSQL)"
-    )
-    parser.add_argument(
-        "--rounds", type=positive(int), default=5, help="rounds per contender (default: 5)"
-    )
-    parser.add_argument(
-        "--seconds",
-        type=positive(float),
-        default=0.5,
-        help="length of one round of one contender (default: 0.5)",
-    )
-    parser.add_argument(
-        "--warmup", type=float, default=0.1, help="warm-up run per contender (default: 0.1)"
-    )
+    add_run_arguments(parser, seconds=0.5)
     parser.add_argument(
         "--threads", type=counts, default=[16, 64], help="thread counts (default: 16,64)"
     )
