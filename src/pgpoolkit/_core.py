@@ -167,8 +167,11 @@ class PoolCore(Generic[T]):
             or self.in_use + len(self.idle) + self.connecting >= self.max_size
         ):  # the last test is only true after resize() lowered max_size
             self._close(slot)
-        else:
+        elif self.waiters:
             self._hand_over(slot, now)
+        else:  # _hand_over's idle case, inlined: this is the common return
+            slot.last_used = now
+            self.idle.append(slot)
 
     def _hand_over(self, slot: Slot[T], now: float) -> None:
         """Give a ready connection to the oldest waiter, or put it on the idle stack."""

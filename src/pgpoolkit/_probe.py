@@ -92,13 +92,20 @@ def make_probe(conn: AnyConnection) -> object:
     return _Probe(conn)
 
 
-def is_alive(conn: AnyConnection, probe: object) -> bool:
+def is_alive(conn: AnyConnection, probe: Any) -> bool:
     """False if the server closed the connection, announced it would, or it is broken."""
-    assert isinstance(probe, _Probe)
+    if not probe.ready(0):  # the hot path: nothing arrived while the connection was idle
+        return not probe.fatal
+    return _is_alive_after_input(conn, probe)
+
+
+def _is_alive_after_input(conn: AnyConnection, probe: _Probe) -> bool:
     ready = probe.ready
     # a terminated backend sends its error, then end-of-file: the first read takes the
     # message, the socket stays readable, the second read meets the end of the stream
-    for _ in range(_MAX_READS):
+    if not _consume(conn, probe):
+        return False
+    for _ in range(_MAX_READS - 1):
         if not ready(0):
             return not probe.fatal
         if not _consume(conn, probe):

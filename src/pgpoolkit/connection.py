@@ -90,15 +90,20 @@ class PooledConnection:
         "_settings",
         "_slot",
         "_statements",
+        "_timeout",
         "_touched",
         "_transactions",
+        "_unopened",
     )
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, timeout: float | None = None) -> None:
         self._pool = pool
         self._policy: Policy = pool.policy
         self._slot: Slot[Connection[Any]] | None = None
-        self._closed = False
+        #: made by pool.connection(), not opened yet: it opens on entering its block
+        self._unopened = True
+        self._closed = True  # until the pool opens it
+        self._timeout = timeout
         #: the session was changed (SET, LISTEN...): reset it when the server connection goes
         self._dirty = False
         #: the session was changed in a way no reset undoes (LOAD): close the server connection
@@ -139,7 +144,7 @@ class PooledConnection:
     def _enter(self) -> None:
         """Start using the server connection (end with ``_leave()`` or ``_done()``)."""
         if self._closed:
-            raise psycopg.OperationalError("the connection is closed")
+            raise self._closed_error()
         self._guard.acquire()
         if self._aborted is not None:
             message, self._aborted = self._aborted, None
@@ -297,7 +302,7 @@ class PooledConnection:
         """A cursor running its queries through this client (``name=`` for a server-side
         cursor: it needs an open transaction and keeps the server connection while it runs)."""
         if self._closed:
-            raise psycopg.OperationalError("the connection is closed")
+            raise self._closed_error()
         return PooledCursor(self, args, kwargs)
 
     def transaction(
@@ -338,7 +343,7 @@ class PooledConnection:
 
     def _change_setting(self, index: int, value: Any) -> None:
         if self._closed:
-            raise psycopg.OperationalError("the connection is closed")
+            raise self._closed_error()
         if index == 0 and not value:
             self._on(Event.BEGIN, "autocommit = False")
         current = self._settings or (
@@ -420,7 +425,18 @@ class PooledConnection:
         finally:
             self._pool._client_closed(self)
 
+    def _closed_error(self) -> psycopg.OperationalError:
+        if self._unopened:
+            return psycopg.OperationalError(
+                "this connection comes from pool.connection() and opens when its block is "
+                "entered: use it as '[async] with pool.connection() as conn:', or call "
+                "pool.connect() for a connection to keep"
+            )
+        return psycopg.OperationalError("the connection is closed")
+
     def __enter__(self) -> PooledConnection:
+        if self._unopened:  # pool.connection(): open for the block
+            self._pool._open_client(self, self._timeout)
         return self
 
     def __exit__(
@@ -453,7 +469,7 @@ class PooledConnection:
         if name.startswith("__"):
             raise AttributeError(name)
         if self._closed:
-            raise psycopg.OperationalError("the connection is closed")
+            raise self._closed_error()
         self._touched = True  # handlers, notifies, adapters...: the pool cleans up after it
         if self._slot is None:
             if not hasattr(Connection, name):

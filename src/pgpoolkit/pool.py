@@ -319,10 +319,11 @@ class Pool:
 
     # -- checkout and return ----------------------------------------------------------------------
 
-    def connection(self, timeout: float | None = None) -> _ConnectionContext:
+    def connection(self, timeout: float | None = None) -> PooledConnection:
         """A pooled connection for an ``with`` block: committed at the end of the block,
-        rolled back if it raises, then returned to the pool."""
-        return _ConnectionContext(self, timeout)
+        rolled back if it raises, then returned to the pool. (It opens on entering the
+        block, where ``timeout`` applies.)"""
+        return PooledConnection(self, timeout)
 
     def connect(self, timeout: float | None = None) -> PooledConnection:
         """A pooled connection (a client), with psycopg Connection's API, held until its
@@ -331,14 +332,18 @@ class Pool:
         In session mode it takes its server connection now (``timeout`` applies here); in
         transaction and statement modes it takes one for each transaction or statement.
         """
+        client = PooledConnection(self, timeout)
+        self._open_client(client, timeout)
+        return client
+
+    def _open_client(self, client: PooledConnection, timeout: float | None) -> None:
+        """Count a new client in, and bind it if the policy binds at connect."""
         core = self._core
         if core.closed or not core.opened:
             raise core.closed_error()
-        client = PooledConnection(self)
         if self.max_clients:
             with self._lock:  # counted from now: a client waiting for its server is open
                 if len(self._clients) >= self.max_clients:
-                    client._closed = True
                     raise TooManyClients(
                         f"pool {self.name!r} refused a new client: {len(self._clients)} of "
                         f"max_clients={self.max_clients} are open. Close the clients you are "
@@ -347,6 +352,7 @@ class Pool:
                 self._clients.add(client)
         else:
             self._clients.add(client)
+        client._closed = client._unopened = False
         if self._binds_on_connect:
             try:
                 client._bind(timeout)
@@ -354,7 +360,6 @@ class Pool:
                 client._closed = True
                 self._clients.discard(client)
                 raise
-        return client
 
     def getconn(self, timeout: float | None = None) -> Connection[Any]:
         """Check out a raw psycopg connection; give it back with :meth:`putconn`
@@ -775,31 +780,6 @@ class Pool:
         with self._lock:
             self._core.reset_counters()
         return stats
-
-
-class _ConnectionContext:
-    """What ``pool.connection()`` returns: checks out on enter, commits or rolls back and
-    returns on exit."""
-
-    __slots__ = ("_conn", "_pool", "_timeout")
-
-    def __init__(self, pool: Pool, timeout: float | None) -> None:
-        self._pool = pool
-        self._timeout = timeout
-        self._conn: PooledConnection | None = None
-
-    def __enter__(self) -> PooledConnection:
-        self._conn = self._pool.connect(self._timeout)
-        return self._conn
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        assert self._conn is not None
-        self._conn.__exit__(exc_type, exc_val, exc_tb)
 
 
 def _restore_settings(conn: Connection[Any], defaults: tuple[Any, ...]) -> None:

@@ -88,15 +88,20 @@ class AsyncPooledConnection:
         "_settings",
         "_slot",
         "_statements",
+        "_timeout",
         "_touched",
         "_transactions",
+        "_unopened",
     )
 
-    def __init__(self, pool: AsyncPool) -> None:
+    def __init__(self, pool: AsyncPool, timeout: float | None = None) -> None:
         self._pool = pool
         self._policy: Policy = pool.policy
         self._slot: Slot[AsyncConnection[Any]] | None = None
-        self._closed = False
+        #: made by pool.connection(), not opened yet: it opens on entering its block
+        self._unopened = True
+        self._closed = True  # until the pool opens it
+        self._timeout = timeout
         #: the session was changed (SET, LISTEN...): reset it when the server connection goes
         self._dirty = False
         #: the session was changed in a way no reset undoes (LOAD): close the server connection
@@ -137,7 +142,7 @@ class AsyncPooledConnection:
     def _enter(self) -> None:
         """Start using the server connection (end with ``_leave()`` or ``_done()``)."""
         if self._closed:
-            raise psycopg.OperationalError("the connection is closed")
+            raise self._closed_error()
         self._guard.acquire()
         if self._aborted is not None:
             message, self._aborted = self._aborted, None
@@ -295,7 +300,7 @@ class AsyncPooledConnection:
         """A cursor running its queries through this client (``name=`` for a server-side
         cursor: it needs an open transaction and keeps the server connection while it runs)."""
         if self._closed:
-            raise psycopg.OperationalError("the connection is closed")
+            raise self._closed_error()
         return AsyncPooledCursor(self, args, kwargs)
 
     def transaction(
@@ -336,7 +341,7 @@ class AsyncPooledConnection:
 
     async def _change_setting(self, index: int, value: Any) -> None:
         if self._closed:
-            raise psycopg.OperationalError("the connection is closed")
+            raise self._closed_error()
         if index == 0 and not value:
             await self._on(Event.BEGIN, "autocommit = False")
         current = self._settings or (
@@ -418,7 +423,18 @@ class AsyncPooledConnection:
         finally:
             self._pool._client_closed(self)
 
+    def _closed_error(self) -> psycopg.OperationalError:
+        if self._unopened:
+            return psycopg.OperationalError(
+                "this connection comes from pool.connection() and opens when its block is "
+                "entered: use it as '[async] with pool.connection() as conn:', or call "
+                "pool.connect() for a connection to keep"
+            )
+        return psycopg.OperationalError("the connection is closed")
+
     async def __aenter__(self) -> AsyncPooledConnection:
+        if self._unopened:  # pool.connection(): open for the block
+            await self._pool._open_client(self, self._timeout)
         return self
 
     async def __aexit__(
@@ -451,7 +467,7 @@ class AsyncPooledConnection:
         if name.startswith("__"):
             raise AttributeError(name)
         if self._closed:
-            raise psycopg.OperationalError("the connection is closed")
+            raise self._closed_error()
         self._touched = True  # handlers, notifies, adapters...: the pool cleans up after it
         if self._slot is None:
             if not hasattr(AsyncConnection, name):

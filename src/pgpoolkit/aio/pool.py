@@ -324,10 +324,11 @@ class AsyncPool:
 
     # -- checkout and return ----------------------------------------------------------------------
 
-    def connection(self, timeout: float | None = None) -> _AsyncConnectionContext:
+    def connection(self, timeout: float | None = None) -> AsyncPooledConnection:
         """A pooled connection for an ``async with`` block: committed at the end of the block,
-        rolled back if it raises, then returned to the pool."""
-        return _AsyncConnectionContext(self, timeout)
+        rolled back if it raises, then returned to the pool. (It opens on entering the
+        block, where ``timeout`` applies.)"""
+        return AsyncPooledConnection(self, timeout)
 
     async def connect(self, timeout: float | None = None) -> AsyncPooledConnection:
         """A pooled connection (a client), with psycopg AsyncConnection's API, held until its
@@ -336,14 +337,18 @@ class AsyncPool:
         In session mode it takes its server connection now (``timeout`` applies here); in
         transaction and statement modes it takes one for each transaction or statement.
         """
+        client = AsyncPooledConnection(self, timeout)
+        await self._open_client(client, timeout)
+        return client
+
+    async def _open_client(self, client: AsyncPooledConnection, timeout: float | None) -> None:
+        """Count a new client in, and bind it if the policy binds at connect."""
         core = self._core
         if core.closed or not core.opened:
             raise core.closed_error()
-        client = AsyncPooledConnection(self)
         if self.max_clients:
             with self._lock:  # counted from now: a client waiting for its server is open
                 if len(self._clients) >= self.max_clients:
-                    client._closed = True
                     raise TooManyClients(
                         f"pool {self.name!r} refused a new client: {len(self._clients)} of "
                         f"max_clients={self.max_clients} are open. Close the clients you are "
@@ -352,6 +357,7 @@ class AsyncPool:
                 self._clients.add(client)
         else:
             self._clients.add(client)
+        client._closed = client._unopened = False
         if self._binds_on_connect:
             try:
                 await client._bind(timeout)
@@ -359,7 +365,6 @@ class AsyncPool:
                 client._closed = True
                 self._clients.discard(client)
                 raise
-        return client
 
     async def getconn(self, timeout: float | None = None) -> AsyncConnection[Any]:
         """Check out a raw psycopg connection; give it back with :meth:`putconn`
@@ -782,31 +787,6 @@ class AsyncPool:
         with self._lock:
             self._core.reset_counters()
         return stats
-
-
-class _AsyncConnectionContext:
-    """What ``pool.connection()`` returns: checks out on enter, commits or rolls back and
-    returns on exit."""
-
-    __slots__ = ("_conn", "_pool", "_timeout")
-
-    def __init__(self, pool: AsyncPool, timeout: float | None) -> None:
-        self._pool = pool
-        self._timeout = timeout
-        self._conn: AsyncPooledConnection | None = None
-
-    async def __aenter__(self) -> AsyncPooledConnection:
-        self._conn = await self._pool.connect(self._timeout)
-        return self._conn
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        assert self._conn is not None
-        await self._conn.__aexit__(exc_type, exc_val, exc_tb)
 
 
 async def _restore_settings(conn: AsyncConnection[Any], defaults: tuple[Any, ...]) -> None:
