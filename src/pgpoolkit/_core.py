@@ -48,7 +48,7 @@ class Slot(Generic[T]):
     """One server connection owned by the pool, and its bookkeeping."""
 
     __slots__ = ("checked_out_at", "conn", "created_at", "defaults", "expires_at", "generation",
-                 "last_used", "out", "probe")
+                 "last_used", "out", "probe", "settings")
 
     def __init__(self, conn: T, now: float, expires_at: float, generation: int) -> None:
         self.conn = conn
@@ -61,8 +61,10 @@ class Slot(Generic[T]):
         self.out = False
         #: the shell's liveness probe for this connection's socket
         self.probe: object = None
-        #: the settings a client may change and the pool restores on return
+        #: what the shell knows of the connection as it was made, to restore it on return
         self.defaults: tuple[Any, ...] = ()
+        #: the settings a client may change and the pool restores on return
+        self.settings: tuple[Any, ...] = ()
 
 
 class Waiter(Protocol[T]):

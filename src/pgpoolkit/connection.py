@@ -168,9 +168,8 @@ class PooledConnection:
                         self._discard = True
             slot = self._slot
             if slot is None:
-                policy = self._policy
-                if policy.decide(ClientState.IDLE, event) is Action.REFUSE:
-                    raise PolicyViolation(policy.refusal(event, ""))
+                if event in self._pool._refused_when_idle:
+                    raise PolicyViolation(self._policy.refusal(event, ""))
                 slot = self._bind()
             return slot.conn
         except BaseException:
@@ -212,12 +211,13 @@ class PooledConnection:
         # nothing ran since the last check, nothing can have changed: no need to look
         if not dirty and not checked and self._statements and _reported_changed(slot):
             dirty = True
-        counts = (self._statements, self._transactions)
+        statements, transactions = self._statements, self._transactions
         self._statements = self._transactions = 0
-        touched = self._touched or self._settings is not None
+        settings = self._settings
+        touched = self._touched or (settings is not None and settings != slot.settings)
         self._touched = False
         self._pool._release(
-            slot, dirty=dirty, unpin=pinned, counts=counts, discard=discard, touched=touched
+            slot, dirty, touched, pinned, statements, transactions, discard
         )
 
     def _done(self) -> None:
@@ -587,8 +587,34 @@ def _read_settings(conn: Connection[Any]) -> tuple[Any, ...]:
 
 
 def _apply_settings(conn: Connection[Any], settings: tuple[Any, ...]) -> None:
-    """Give a server connection the client's settings (no round trip: psycopg keeps them)."""
+    """Give a server connection these settings (autocommit, isolation level, read-only,
+    deferrable), which psycopg keeps: no round trip.
+
+    psycopg's setters cost 1.5 µs each (its lock, a generator, a check of the transaction
+    status), twice per statement in transaction mode if a client's settings differ from the
+    pool's. On an idle connection outside a pipeline, which is where the pool calls this, they
+    come down to what is written here; anywhere else the setters run, and raise as they should.
+    """
+    try:
+        current = (conn._autocommit, conn._isolation_level, conn._read_only, conn._deferrable)
+        direct = (
+            conn.pgconn.transaction_status == _IDLE
+            and not conn._pipeline
+            and conn._begin_statement is not None
+        )
+    except AttributeError:  # a psycopg whose internals moved: its public setters only
+        current, direct = _read_settings(conn), False
+    if current == settings:
+        return
     autocommit, isolation_level, read_only, deferrable = settings
+    if direct:
+        conn._autocommit = autocommit
+        if current[1:] != settings[1:]:
+            conn._isolation_level = isolation_level
+            conn._read_only = read_only
+            conn._deferrable = deferrable
+            conn._begin_statement = b""  # psycopg's cached BEGIN, rebuilt from the above
+        return
     if conn.autocommit is not autocommit:
         conn.set_autocommit(autocommit)
     if conn.isolation_level is not isolation_level:

@@ -35,7 +35,7 @@ from ._config import (
 )
 from ._core import PoolCore, Slot, check_max_clients
 from ._probe import is_alive, make_probe
-from .connection import PooledConnection, reported_parameters
+from .connection import PooledConnection, _apply_settings, reported_parameters
 from .errors import PoolTimeout, TooManyClients
 from .policies import Action, ClientState, Policy
 from .policies import Event as ClientEvent
@@ -136,6 +136,12 @@ class Pool:
         )
         self._releases_when_idle = (
             self.policy.decide(ClientState.BOUND, ClientEvent.IDLE_AFTER) is Action.RELEASE
+        )
+        #: what a client holding no server connection may not start (a tuple: no enum hashing)
+        self._refused_when_idle = tuple(
+            event
+            for event in ClientEvent
+            if self.policy.decide(ClientState.IDLE, event) is Action.REFUSE
         )
         self._new_client_settings: tuple[Any, ...] | None = (
             None
@@ -458,27 +464,38 @@ class Pool:
         self,
         slot: Slot[Connection[Any]],
         dirty: bool = False,
-        unpin: bool = False,
-        counts: tuple[int, int] = (0, 0),
-        discard: bool = False,
         touched: bool = True,
+        unpin: bool = False,
+        statements: int = 0,
+        transactions: int = 0,
+        discard: bool = False,
     ) -> None:
-        """Take a connection back (``dirty``: a client changed its session; ``unpin``: the
-        client was pinned; ``counts``: the client's statements and transactions on it;
-        ``discard``: the client changed its session beyond what a reset undoes: close it;
-        ``touched``: the client may have changed the psycopg connection's settings or
-        handlers, which a pooled connection knows, and getconn() users don't say)."""
+        """Take a connection back (``dirty``: a client changed its session; ``touched``: the
+        client may have changed the psycopg connection's settings or handlers, which a pooled
+        connection knows, and getconn() users don't say; ``unpin``: the client was pinned;
+        ``statements``, ``transactions``: what the client ran on it; ``discard``: the client
+        changed its session beyond what a reset undoes: close it)."""
         try:
-            reusable = False if discard else self._clean(slot, dirty, touched)
+            if discard:
+                reusable = False
+            elif (
+                not dirty
+                and not touched
+                and self._reset is None
+                and slot.conn.pgconn.transaction_status == _IDLE
+            ):  # the common return of a pooled connection: nothing to clean
+                reusable = True
+            else:
+                reusable = self._clean(slot, dirty, touched)
         except BaseException:  # cancelled while cleaning: its state is unknown, discard it
             self._discard(slot)
             raise
+        core = self._core
         with self._lock:
-            core = self._core
             core.checkin(slot, monotonic(), reusable)
-            if unpin or counts[0]:
-                core.client_released(unpin, counts[0], counts[1])
-        if self._core.work:
+            if unpin or statements:
+                core.client_released(unpin, statements, transactions)
+        if core.work:
             self._do_work()
 
     def _discard(self, slot: Slot[Connection[Any]]) -> None:
@@ -522,7 +539,7 @@ class Pool:
         try:
             # a pooled connection that changed no setting has nothing to restore
             if touched or dirty:
-                _restore_settings(conn, slot.defaults)
+                _apply_settings(conn, slot.settings)
         except Exception as ex:  # e.g. a transaction() block still open: can't reuse it
             logger.warning("pool %r: could not restore connection settings: %s", self.name, ex)
             return False
@@ -608,6 +625,7 @@ class Pool:
                     counted = False
                     slot.probe = probe
                     slot.defaults = defaults
+                    slot.settings = defaults[:4]
                     self._core.place(slot, now)
                     if self._core.ready:
                         self._ready.set()
@@ -780,18 +798,6 @@ class Pool:
         with self._lock:
             self._core.reset_counters()
         return stats
-
-
-def _restore_settings(conn: Connection[Any], defaults: tuple[Any, ...]) -> None:
-    """Put back the settings the connection had when it was made (no round trip)."""
-    if conn.autocommit is not defaults[0]:
-        conn.set_autocommit(defaults[0])
-    if conn.isolation_level is not defaults[1]:
-        conn.set_isolation_level(defaults[1])
-    if conn.read_only is not defaults[2]:
-        conn.set_read_only(defaults[2])
-    if conn.deferrable is not defaults[3]:
-        conn.set_deferrable(defaults[3])
 
 
 def _drop_client_handlers(conn: Connection[Any], notice_handlers: tuple[Any, ...]) -> None:
