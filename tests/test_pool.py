@@ -300,13 +300,20 @@ def test_getconn_putconn(dsn: str, app: str) -> None:
         with pytest.raises(ValueError, match="returned already"):
             pool.putconn(conn)
 
-        with psycopg.connect(dsn) as foreign, pytest.raises(ValueError, match="did not hand"):
+        with psycopg.connect(dsn) as foreign, pytest.raises(ValueError, match="did not come from"):
             pool.putconn(foreign)
 
         theirs = other.getconn()
         with pytest.raises(ValueError, match=repr(pool.name)):
             pool.putconn(theirs)
         other.putconn(theirs)
+
+        with pool.connection() as client:  # a pooled connection's server connection is not
+            client.execute("SELECT 1")  # getconn()'s to give back
+            slot = client._slot
+            assert slot is not None
+            with pytest.raises(ValueError, match="did not come from"):
+                pool.putconn(slot.conn)
 
         a, b = pool.getconn(), pool.getconn()
         assert a is not b and a.info.backend_pid != b.info.backend_pid
@@ -333,6 +340,31 @@ def test_putconn_after_close_closes_it(dsn: str, admin: Admin, app: str) -> None
         pool.getconn()
     with pytest.raises(PoolClosed, match="cannot be opened again"):
         pool.open()
+
+
+def test_putconn_while_the_same_connection_is_being_returned(dsn: str, app: str) -> None:
+    """A second putconn() of a connection whose first return is still under way (in the reset
+    callback here) is refused; the connection ends up on the idle stack once."""
+    entered = threading.Event()
+    release = threading.Event()
+
+    def reset(conn: psycopg.Connection[Any]) -> None:
+        entered.set()
+        release.wait(10)
+
+    with make_pool(dsn, app, min_size=1, max_size=1, reset=reset) as pool:
+        conn = pool.getconn()
+        first = threading.Thread(target=pool.putconn, args=(conn,))
+        first.start()
+        assert entered.wait(10)
+        try:
+            with pytest.raises(ValueError, match="returned already"):
+                pool.putconn(conn)
+        finally:
+            release.set()
+            first.join()
+        stats = pool.stats()
+        assert (stats.servers_idle, stats.servers_active, stats.returns_bad_total) == (1, 0, 0)
 
 
 # -- waiting: timeouts, max_waiting, close ----------------------------------------------------

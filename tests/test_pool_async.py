@@ -208,7 +208,7 @@ async def test_return_rolls_back_discards_broken(
         with pytest.raises(ValueError, match="returned already"):
             await pool.putconn(conn)
         async with await psycopg.AsyncConnection.connect(dsn) as foreign:
-            with pytest.raises(ValueError, match="did not hand"):
+            with pytest.raises(ValueError, match="did not come from"):
                 await pool.putconn(foreign)
 
 

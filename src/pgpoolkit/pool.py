@@ -148,6 +148,8 @@ class Pool:
             if self.policy.autocommit is None
             else (self.policy.autocommit, *self._client_defaults()[1:])
         )
+        #: the connections handed out by getconn() and not yet given back to putconn()
+        self._lent: dict[Connection[Any], Slot[Connection[Any]]] = {}
         #: the open clients (pooled connections), for max_clients and the client stats
         self._clients: weakref.WeakSet[PooledConnection] = weakref.WeakSet()
         self._pinned_logged = False
@@ -370,16 +372,19 @@ class Pool:
     def getconn(self, timeout: float | None = None) -> Connection[Any]:
         """Check out a raw psycopg connection; give it back with :meth:`putconn`
         (psycopg_pool's low-level API)."""
-        return (self._acquire(timeout)).conn
+        slot = self._acquire(timeout)
+        self._lent[slot.conn] = slot
+        return slot.conn
 
     def putconn(self, conn: Connection[Any]) -> None:
         """Give back a connection from :meth:`getconn`: rolled back if a transaction is open,
         reset, and reused, or closed if it is broken."""
-        slot = self._core.slots.get(conn)
-        if slot is None or not slot.out:
+        # one pop claims it: of two threads returning the same connection at once, one fails
+        slot = self._lent.pop(conn, None)
+        if slot is None:
             raise ValueError(
-                f"can't return connection {conn!r} to pool {self.name!r}: the pool did not hand "
-                "it out, or it was returned already"
+                f"can't return connection {conn!r} to pool {self.name!r}: it did not come from "
+                "this pool's getconn(), or it was returned already"
             )
         self._release(slot)
 
@@ -684,7 +689,7 @@ class Pool:
     def _reap_idle_transactions(self, limit: float) -> None:
         """Roll back the transactions of clients idle in them longer than ``limit``."""
         now = monotonic()
-        for client in list(self._clients):
+        for client in _snapshot(self._clients):
             slot = client._slot
             if slot is None or now - client._guard.active_at < limit:
                 continue
@@ -752,7 +757,7 @@ class Pool:
         core = self._core
         clients = idle = 0
         pending = [0, 0]
-        for client in list(self._clients):
+        for client in _snapshot(self._clients):
             clients += 1
             if client._slot is None:
                 idle += 1
@@ -814,6 +819,16 @@ def _drop_client_handlers(conn: Connection[Any], notice_handlers: tuple[Any, ...
     backlog = getattr(conn, "_notifies_backlog", None)
     if backlog:
         backlog.clear()
+
+
+def _snapshot(clients: weakref.WeakSet[PooledConnection]) -> list[PooledConnection]:
+    """The clients now: the set is added to without the pool's lock (by connect() in other
+    threads), and a set changing while it is copied raises RuntimeError: copy again."""
+    while True:
+        try:
+            return list(clients)
+        except RuntimeError:
+            continue
 
 
 def _forget_prepared(conn: Connection[Any]) -> None:
