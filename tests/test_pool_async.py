@@ -248,6 +248,26 @@ async def test_timeout_max_waiting_and_close(dsn: str, admin: Admin, app: str) -
         await pool.open()
 
 
+async def test_waiters_time_out_at_their_own_deadlines(dsn: str, app: str) -> None:
+    """One timer serves every waiter's deadline: a request with a short timeout queued behind
+    one with a long timeout still times out at its own deadline, and the long one at its."""
+    async with make_pool(dsn, app, min_size=1, max_size=1) as pool:
+        await pool.wait(5)
+        held = await pool.getconn()
+        t0 = time.monotonic()
+        patient = asyncio.create_task(pool.getconn(timeout=1.0))
+        await wait_for(lambda: pool.stats().clients_waiting == 1, what="the first waiter")
+        with pytest.raises(PoolTimeout):
+            await pool.getconn(timeout=0.2)
+        assert 0.19 <= time.monotonic() - t0 < 0.7
+        with pytest.raises(PoolTimeout):
+            await patient
+        assert 0.99 <= time.monotonic() - t0 < 1.7
+        await pool.putconn(held)
+        stats = pool.stats()
+        assert (stats.timeouts_total, stats.clients_waiting, stats.servers_idle) == (2, 0, 1)
+
+
 async def test_close_is_quick(dsn: str, admin: Admin, app: str) -> None:
     pool = make_pool(dsn, app, min_size=4)
     await pool.open(wait=True, timeout=5)

@@ -35,6 +35,7 @@ FILES = {
 
 RENAMES = {
     "AWaiter": "Waiter",
+    "ADeadlines": "Deadlines",
     "AEvent": "Event",
     "ALock": "Lock",
     "AGuard": "Guard",

@@ -34,49 +34,116 @@ AWorker = asyncio.Task[None]
 
 
 class Waiter(Generic[T]):
-    """A queued request in the threaded pool: a lock held until the pool wakes it."""
+    """A queued request in the threaded pool: a lock held until the pool wakes it, or until
+    its deadline (a ``time.monotonic()`` value) passes."""
 
-    __slots__ = ("_lock", "error", "slot")
+    __slots__ = ("_lock", "deadline", "error", "slot")
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: float) -> None:
         self.slot: Slot[T] | None = None
         self.error: BaseException | None = None
+        self.deadline = deadline
         self._lock = threading.Lock()
         self._lock.acquire()
 
     def wake(self) -> None:
         self._lock.release()
 
-    def wait(self, timeout: float) -> bool:
-        """Block until woken (True) or the timeout passes (False)."""
-        return self._lock.acquire(timeout=_clamp(timeout))
+    def wait(self) -> bool:
+        """Block until woken (True) or the deadline passes (False)."""
+        return self._lock.acquire(timeout=_clamp(self.deadline - time.monotonic()))
 
 
 class AWaiter(Generic[T]):
-    """A queued request in the asyncio pool: a future the pool resolves."""
+    """A queued request in the asyncio pool: a future the pool resolves, True when it wakes
+    the request, False when its deadline passes (see ADeadlines).
 
-    __slots__ = ("_future", "error", "slot")
+    Not ``asyncio.wait_for``: on Python < 3.12 it swallows a cancellation that arrives once
+    the future is resolved, and the cancelled task would go on holding a connection. Here a
+    cancellation always propagates; the pool gives back what it was handed.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_future", "deadline", "error", "slot")
+
+    def __init__(self, deadline: float) -> None:
         self.slot: Slot[T] | None = None
         self.error: BaseException | None = None
-        self._future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.deadline = deadline
+        self._future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
     def wake(self) -> None:
         if not self._future.done():
-            self._future.set_result(None)
+            self._future.set_result(True)
 
-    async def wait(self, timeout: float) -> bool:
-        """Wait until woken (True) or the timeout passes (False).
+    def expire(self) -> None:
+        if not self._future.done():
+            self._future.set_result(False)
 
-        Not ``asyncio.wait_for``: on Python < 3.12 it swallows a cancellation that arrives
-        once the future is resolved, and the cancelled task would go on holding a connection.
-        Here a cancellation always propagates; the pool gives back what it was handed.
-        """
-        done, _ = await asyncio.wait(
-            (self._future,), timeout=None if timeout == math.inf else max(timeout, 0.0)
-        )
-        return bool(done)
+    async def wait(self) -> bool:
+        """Wait until woken (True) or the deadline passes (False)."""
+        return await self._future
+
+
+class Deadlines:
+    """The threaded pool's waiters time out by themselves (their lock's timeout)."""
+
+    __slots__ = ()
+
+    def __init__(self, waiters: Iterable[Any]) -> None:
+        pass
+
+    def watch(self, deadline: float) -> None:
+        pass
+
+    def cancel(self) -> None:
+        pass
+
+
+class ADeadlines:
+    """Expires the asyncio pool's waiters whose deadline passed, with one timer for all.
+
+    A timer per wait (as ``asyncio.wait(timeout=)`` makes) is a push on the event loop's heap
+    of timers, whose entries compare in Python: with a thousand tasks queued for ten
+    connections that was a fifth of the loop's time. Here one timer is set to the nearest
+    deadline and moved only when a nearer one comes, which with one timeout for all requests
+    never happens: a wait costs no timer at all.
+    """
+
+    __slots__ = ("_at", "_handle", "_waiters")
+
+    def __init__(self, waiters: Iterable[Any]) -> None:
+        #: the pool's queue of AWaiters (a live view)
+        self._waiters = waiters
+        self._handle: asyncio.TimerHandle | None = None
+        self._at = math.inf
+
+    def watch(self, deadline: float) -> None:
+        """Make sure a waiter with this deadline is expired at the latest then."""
+        if deadline >= self._at or deadline == math.inf:
+            return
+        if self._handle is not None:
+            self._handle.cancel()
+        loop = asyncio.get_running_loop()
+        self._at = deadline
+        self._handle = loop.call_at(loop.time() + (deadline - time.monotonic()), self._sweep)
+
+    def cancel(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._handle = None
+        self._at = math.inf
+
+    def _sweep(self) -> None:
+        self._handle = None
+        self._at = math.inf
+        now = time.monotonic()
+        nearest = math.inf
+        for waiter in self._waiters:
+            if waiter.deadline <= now:
+                waiter.expire()
+            elif waiter.deadline < nearest:
+                nearest = waiter.deadline
+        self.watch(nearest)
 
 
 class Event:

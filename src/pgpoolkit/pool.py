@@ -20,7 +20,16 @@ from psycopg import Connection
 from psycopg import errors as e
 from psycopg.pq import TransactionStatus
 
-from ._acompat import Event, Lock, Waiter, Worker, gather, spawn, spawn_detached
+from ._acompat import (
+    Deadlines,
+    Event,
+    Lock,
+    Waiter,
+    Worker,
+    gather,
+    spawn,
+    spawn_detached,
+)
 from ._config import (
     PoolConfig,
     check_callback,
@@ -160,6 +169,7 @@ class Pool:
         self._reconnect_failed = reconnect_failed
 
         self._core: PoolCore[Connection[Any]] = PoolCore(self._config)
+        self._deadlines = Deadlines(self._core.waiters)
         self._lock = Lock()
         self._workers: set[Worker] = set()
         self._closing = Event()
@@ -246,6 +256,7 @@ class Pool:
                 return
             for waiter in self._core.close():
                 waiter.wake()
+            self._deadlines.cancel()
         self._closing.set()
         self._do_work()
         gather(self._workers, timeout)
@@ -404,11 +415,12 @@ class Pool:
             with self._lock:
                 slot = core.checkout(t0, retry)
                 if slot is None:
-                    waiter: Waiter[Connection[Any]] = Waiter()
+                    waiter: Waiter[Connection[Any]] = Waiter(deadline)
                     core.enqueue(waiter, queued)
+                    self._deadlines.watch(deadline)
             if slot is None:
                 queued = True
-                slot = self._wait(waiter, t0, deadline, timeout)
+                slot = self._wait(waiter, t0, timeout)
             try:
                 if core.work:
                     self._do_work()
@@ -429,13 +441,12 @@ class Pool:
         self,
         waiter: Waiter[Connection[Any]],
         t0: float,
-        deadline: float,
         timeout: float,
     ) -> Slot[Connection[Any]]:
         try:
             if self._core.work:  # start the connection attempts the request may need
                 self._do_work()
-            woken = waiter.wait(deadline - monotonic())
+            woken = waiter.wait()
         except BaseException:  # cancelled: give back what may have been handed over meanwhile
             with self._lock:
                 slot = self._core.abandon(waiter, timed_out=False)

@@ -20,7 +20,16 @@ from psycopg import AsyncConnection  # sync: from psycopg import Connection
 from psycopg import errors as e
 from psycopg.pq import TransactionStatus
 
-from .._acompat import AEvent, ALock, AWaiter, AWorker, agather, aspawn, aspawn_detached
+from .._acompat import (
+    ADeadlines,
+    AEvent,
+    ALock,
+    AWaiter,
+    AWorker,
+    agather,
+    aspawn,
+    aspawn_detached,
+)
 from .._config import (
     PoolConfig,
     check_callback,
@@ -164,6 +173,7 @@ class AsyncPool:
         self._reconnect_failed = reconnect_failed
 
         self._core: PoolCore[AsyncConnection[Any]] = PoolCore(self._config)
+        self._deadlines = ADeadlines(self._core.waiters)
         self._lock = ALock()
         self._workers: set[AWorker] = set()
         self._closing = AEvent()
@@ -251,6 +261,7 @@ class AsyncPool:
                 return
             for waiter in self._core.close():
                 waiter.wake()
+            self._deadlines.cancel()
         self._closing.set()
         await self._do_work()
         await agather(self._workers, timeout)
@@ -409,11 +420,12 @@ class AsyncPool:
             with self._lock:
                 slot = core.checkout(t0, retry)
                 if slot is None:
-                    waiter: AWaiter[AsyncConnection[Any]] = AWaiter()
+                    waiter: AWaiter[AsyncConnection[Any]] = AWaiter(deadline)
                     core.enqueue(waiter, queued)
+                    self._deadlines.watch(deadline)
             if slot is None:
                 queued = True
-                slot = await self._wait(waiter, t0, deadline, timeout)
+                slot = await self._wait(waiter, t0, timeout)
             try:
                 if core.work:
                     await self._do_work()
@@ -434,13 +446,12 @@ class AsyncPool:
         self,
         waiter: AWaiter[AsyncConnection[Any]],
         t0: float,
-        deadline: float,
         timeout: float,
     ) -> Slot[AsyncConnection[Any]]:
         try:
             if self._core.work:  # start the connection attempts the request may need
                 await self._do_work()
-            woken = await waiter.wait(deadline - monotonic())
+            woken = await waiter.wait()
         except BaseException:  # cancelled: give back what may have been handed over meanwhile
             with self._lock:
                 slot = self._core.abandon(waiter, timed_out=False)
