@@ -10,11 +10,13 @@ The end-of-file may not have arrived yet when the error has (the backend sends i
 message, then exits): so what was read is parsed too, and a FATAL error, which libpq hands to
 the notice handlers of an idle connection, marks the connection dead at once.
 
-Where the C library can be reached through ctypes, ``poll()`` is called with the GIL held:
-``select.poll`` releases the GIL around the call, and with several threads checking out at once
-every release hands the interpreter to another thread and waits to get it back, which cost a
-fifth of the throughput of SELECT 1 with 4 threads (benchmarks/bench_checkout.py). A zero
-timeout poll never blocks, so holding the GIL through it costs nothing.
+In the threaded pool, where the C library can be reached through ctypes, ``poll()`` is called
+with the GIL held: ``select.poll`` releases the GIL around the call, and with several threads
+checking out at once every release hands the interpreter to another thread and waits to get it
+back, which cost a fifth of the throughput of SELECT 1 with 4 threads
+(benchmarks/bench_checkout.py). A zero timeout poll never blocks, so holding the GIL through it
+costs nothing. The asyncio pool, whose event loop is the one thread running, uses
+``select.poll``: less work per call.
 """
 
 from __future__ import annotations
@@ -63,9 +65,9 @@ class _Probe:
     #: ``ready(0)``: something to read (truthy), or nothing (falsy), without waiting
     ready: Callable[[int], Any]
 
-    def __init__(self, conn: AnyConnection) -> None:
+    def __init__(self, conn: AnyConnection, hold_gil: bool) -> None:
         self.fatal = False
-        if _poll_holding_gil is not None:
+        if hold_gil and _poll_holding_gil is not None:
             pollfd = _PollFd(conn.pgconn.socket, select.POLLIN | select.POLLPRI, 0)
             # poll(fds, 1, timeout): byref() keeps the structure alive as long as the partial
             self.ready = functools.partial(_poll_holding_gil, ctypes.byref(pollfd), 1)
@@ -87,9 +89,14 @@ class _Probe:
             self.fatal = True
 
 
-def make_probe(conn: AnyConnection) -> object:
-    """A probe watching the connection's socket for input (kept in the connection's slot)."""
-    return _Probe(conn)
+def make_probe(conn: AnyConnection, hold_gil: bool) -> object:
+    """A probe watching the connection's socket for input (kept in the connection's slot).
+
+    ``hold_gil``: poll through ctypes without releasing the GIL, for the threaded pool. The
+    asyncio pool's probe uses ``select.poll``, which costs less per call and whose release of
+    the GIL costs nothing when the event loop's thread is the only one running.
+    """
+    return _Probe(conn, hold_gil)
 
 
 def is_alive(conn: AnyConnection, probe: Any) -> bool:

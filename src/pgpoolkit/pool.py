@@ -55,6 +55,8 @@ __all__ = ["Pool"]
 
 logger = logging.getLogger("pgpoolkit")
 
+#: the liveness poll keeps the GIL in threads only (see _probe.py)
+_PROBE_HOLDS_GIL = True
 _IDLE = TransactionStatus.IDLE
 _INTRANS = TransactionStatus.INTRANS
 _INERROR = TransactionStatus.INERROR
@@ -626,7 +628,7 @@ class Pool:
                         return
                     attempt += 1
                     continue
-                probe = make_probe(conn)
+                probe = make_probe(conn, _PROBE_HOLDS_GIL)
                 defaults = (
                     conn.autocommit,
                     conn.isolation_level,

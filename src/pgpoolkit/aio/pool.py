@@ -59,6 +59,8 @@ OPEN_IN_CONSTRUCTOR = (  # async-only
 
 logger = logging.getLogger("pgpoolkit")
 
+#: the liveness poll keeps the GIL in threads only (see _probe.py)
+_PROBE_HOLDS_GIL = False  # sync: _PROBE_HOLDS_GIL = True
 _IDLE = TransactionStatus.IDLE
 _INTRANS = TransactionStatus.INTRANS
 _INERROR = TransactionStatus.INERROR
@@ -631,7 +633,7 @@ class AsyncPool:
                         return
                     attempt += 1
                     continue
-                probe = make_probe(conn)
+                probe = make_probe(conn, _PROBE_HOLDS_GIL)
                 defaults = (
                     conn.autocommit,
                     conn.isolation_level,
