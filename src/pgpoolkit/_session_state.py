@@ -170,6 +170,9 @@ def _call_args(text: str, start: int) -> str:
 
 def inspect_query(query: Any) -> StatementInfo:
     """What a query (str, bytes, psycopg.sql object) would do to its server connection."""
+    if type(query) is str:  # the common case, without a second call
+        found = _cache.get(query)
+        return found if found is not None else inspect_statement(query)
     if isinstance(query, str):
         return inspect_statement(query)
     if isinstance(query, bytes):

@@ -423,7 +423,7 @@ class PooledConnection:
         try:
             self._unbind()
         finally:
-            self._pool._client_closed(self)
+            self._pool._clients.discard(self)
 
     def _closed_error(self) -> psycopg.OperationalError:
         if self._unopened:
@@ -627,8 +627,9 @@ def _apply_settings(conn: Connection[Any], settings: tuple[Any, ...]) -> None:
 
 def _reported_changed(slot: Slot[Connection[Any]]) -> bool:
     """The server reported a session parameter changing since the connection was opened."""
-    try:
-        return bool(reported_parameters(slot.conn) != slot.defaults[4])
+    try:  # reported_parameters(), inlined: this runs at every release
+        now = tuple(map(slot.conn.pgconn.parameter_status, REPORTED_PARAMETERS))
+        return bool(now != slot.defaults[4])
     except Exception:  # a closed connection: it will not be reused anyway
         return False
 

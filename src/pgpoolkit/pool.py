@@ -744,9 +744,6 @@ class Pool:
                 detail,
             )
 
-    def _client_closed(self, client: PooledConnection) -> None:
-        self._clients.discard(client)
-
     def _client_lost(self, slot: Slot[Connection[Any]] | None, pinned: bool) -> None:
         """A client was garbage-collected without close(): its server connection, whose state
         is unknown, is closed and replaced. Called from a finalizer, in whatever thread

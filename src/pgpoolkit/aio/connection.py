@@ -421,7 +421,7 @@ class AsyncPooledConnection:
         try:
             await self._unbind()
         finally:
-            self._pool._client_closed(self)
+            self._pool._clients.discard(self)
 
     def _closed_error(self) -> psycopg.OperationalError:
         if self._unopened:
@@ -625,8 +625,9 @@ async def _apply_settings(conn: AsyncConnection[Any], settings: tuple[Any, ...])
 
 def _reported_changed(slot: Slot[AsyncConnection[Any]]) -> bool:
     """The server reported a session parameter changing since the connection was opened."""
-    try:
-        return bool(reported_parameters(slot.conn) != slot.defaults[4])
+    try:  # reported_parameters(), inlined: this runs at every release
+        now = tuple(map(slot.conn.pgconn.parameter_status, REPORTED_PARAMETERS))
+        return bool(now != slot.defaults[4])
     except Exception:  # a closed connection: it will not be reused anyway
         return False
 

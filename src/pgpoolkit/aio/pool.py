@@ -751,9 +751,6 @@ class AsyncPool:
                 detail,
             )
 
-    def _client_closed(self, client: AsyncPooledConnection) -> None:
-        self._clients.discard(client)
-
     def _client_lost(self, slot: Slot[AsyncConnection[Any]] | None, pinned: bool) -> None:
         """A client was garbage-collected without close(): its server connection, whose state
         is unknown, is closed and replaced. Called from a finalizer, in whatever thread
