@@ -173,7 +173,7 @@ class PooledConnection:
                 slot = self._bind()
             return slot.conn
         except BaseException:
-            self._leave()
+            self._guard.release()  # _leave()
             raise
 
     def _on(self, event: Event, detail: str) -> None:
@@ -235,7 +235,7 @@ class PooledConnection:
                     if not self._pinned:
                         self._unbind(checked=True)
         finally:
-            self._leave()
+            self._guard.release()  # _leave(), inlined: this runs after every statement
 
     def _unseen_session_change(self) -> None:
         """The server reported a session parameter changing, which no statement's text

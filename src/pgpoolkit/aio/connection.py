@@ -171,7 +171,7 @@ class AsyncPooledConnection:
                 slot = await self._bind()
             return slot.conn
         except BaseException:
-            self._leave()
+            self._guard.release()  # _leave()
             raise
 
     async def _on(self, event: Event, detail: str) -> None:
@@ -233,7 +233,7 @@ class AsyncPooledConnection:
                     if not self._pinned:
                         await self._unbind(checked=True)
         finally:
-            self._leave()
+            self._guard.release()  # _leave(), inlined: this runs after every statement
 
     async def _unseen_session_change(self) -> None:
         """The server reported a session parameter changing, which no statement's text
