@@ -289,10 +289,19 @@ class AsyncPooledConnection:
     ) -> AsyncCursor[Any]:
         """Run a query and return a cursor with its result (psycopg's ``execute``). The result
         stays readable after the server connection is released."""
-        conn = await self._server_for(Event.STATEMENT, inspect_query(query))
+        info = inspect_query(query)
+        conn: Any  # Any: psycopg's overloads split t-string templates (3.3) from other queries
+        slot = self._slot
+        if info is PLAIN and slot is not None:  # _server_for()'s common case, without the call
+            self._enter()
+            conn = slot.conn
+        else:
+            conn = await self._server_for(Event.STATEMENT, info)
         try:
-            # cast: psycopg's overloads split t-string templates (3.3) from other queries
-            return await conn.execute(cast(Any, query), params, prepare=prepare, binary=binary)
+            cursor: AsyncCursor[Any] = await conn.execute(
+                query, params, prepare=prepare, binary=binary
+            )
+            return cursor
         finally:
             await self._done()
 
