@@ -17,7 +17,7 @@ Variants (each one SELECT 1 per unit unless it says "no query"):
 - pgpoolkit getconn/putconn, pgpoolkit connection(), psycopg_pool connection();
 - pgpoolkit session client, pgpoolkit transaction client: ``client.execute()`` on one pooled
   connection held open (transaction mode binds and releases around each statement);
-- the same three checkouts with no query (the checkout and return alone).
+- the four checkouts with no query (the checkout and return alone).
 
 Needs valgrind (``apt-get install valgrind``); without it the script says so and exits 2. About
 15 seconds per variant. Not part of ``python -m pgpoolkit bench``: see docs/performance.md for
@@ -45,6 +45,7 @@ VARIANTS = {
     "pgpoolkit session client": "pk_session_client",
     "pgpoolkit transaction client": "pk_transaction_client",
     "pgpoolkit getconn/putconn, no query": "pk_getconn_noquery",
+    "psycopg_pool getconn/putconn, no query": "pp_getconn_noquery",
     "pgpoolkit connection(), no query": "pk_connection_noquery",
     "psycopg_pool connection(), no query": "pp_connection_noquery",
 }
@@ -81,6 +82,8 @@ def pk_transaction_client():
     transaction_client.execute(Q).fetchone()
 def pk_getconn_noquery():
     pk.putconn(pk.getconn())
+def pp_getconn_noquery():
+    pp.putconn(pp.getconn())
 def pk_connection_noquery():
     with pk.connection():
         pass
