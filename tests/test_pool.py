@@ -108,6 +108,24 @@ def test_connection_block_commits_and_rolls_back(
         assert stats.connections_opened_total == 1
 
 
+def test_connection_outside_a_with_block(dsn: str, app: str) -> None:
+    """pool.connection() opens when its block is entered: used without one, it says so, and
+    holds nothing."""
+    with make_pool(dsn, app, min_size=1) as pool:
+        pool.wait()
+        conn = pool.connection()
+        with pytest.raises(psycopg.OperationalError, match="opens when its block is entered"):
+            conn.execute("SELECT 1")
+        with pytest.raises(psycopg.OperationalError, match="opens when its block is entered"):
+            conn.autocommit = True
+        stats = pool.stats()
+        assert (stats.clients_open, stats.servers_active, stats.requests_total) == (0, 0, 0)
+        with conn:  # entering opens it
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+            assert pool.stats().clients_open == 1
+        assert pool.stats().clients_open == 0
+
+
 # -- connect(): the client API ----------------------------------------------------------------
 
 
