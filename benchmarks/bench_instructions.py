@@ -130,7 +130,9 @@ def count(python: str, dsn: str, variant: str, units: int) -> tuple[int, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_run_arguments(parser, rounds=1, rounds_help="runs of each variant, the lowest kept")
+    add_run_arguments(
+        parser, rounds=1, rounds_help="runs of each variant, the lowest kept", warmup=False
+    )
     parser.add_argument(
         "--units", type=int, default=2000, help="units per counted run (default: 2000)"
     )

@@ -60,7 +60,7 @@ class Slot(Generic[T]):
         #: True while handed out to a client; never handed to two at once
         self.out = False
         #: the shell's liveness probe for this connection's socket
-        self.probe: Any = None
+        self.probe: object = None
         #: what the shell knows of the connection as it was made, to restore it on return
         self.defaults: tuple[Any, ...] = ()
         #: the settings a client may change and the pool restores on return

@@ -426,8 +426,7 @@ class Pool:
             try:
                 if core.work:
                     self._do_work()
-                probe = slot.probe  # is_alive()'s common case first, without the call
-                if ((not probe.ready(0) and not probe.fatal) or is_alive(slot.conn, probe)) and (
+                if is_alive(slot.conn, slot.probe) and (
                     self._check is None or self._passes_check(slot)
                 ):
                     return slot
