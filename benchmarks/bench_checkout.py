@@ -39,7 +39,16 @@ from typing import Any
 
 import psycopg
 import psycopg_pool
-from _common import Target, add_run_arguments, counts, fmt, print_targets
+from _common import (
+    SetupError,
+    Target,
+    add_run_arguments,
+    connect_check,
+    counts,
+    fmt,
+    print_targets,
+    server_dsn,
+)
 from harness import (
     Contender,
     Result,
@@ -54,10 +63,8 @@ from harness import (
 )
 
 import pgpoolkit
-from pgpoolkit.testing import TemporaryPostgres
 
 POOL_SIZE = 10
-DSN_ENV = "PGPOOLKIT_DSN"
 
 PK_GETCONN = "pgpoolkit getconn/putconn"
 PK_CONTEXT = "pgpoolkit connection()"
@@ -449,23 +456,19 @@ def scenarios_for(
     return scenarios
 
 
+def _log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    dsn: str | None = args.dsn if args.dsn is not None else os.environ.get(DSN_ENV) or None
     t0 = time.perf_counter()
     with ExitStack() as stack:
-        if dsn is None:
-            print("starting a throwaway PostgreSQL...", file=sys.stderr, flush=True)
-            try:
-                dsn = stack.enter_context(TemporaryPostgres()).dsn
-            except RuntimeError as ex:
-                print(f"error: {' '.join(str(ex).split())}", file=sys.stderr)
-                return 2
         try:
-            with psycopg.connect(dsn, connect_timeout=5) as conn:
-                server_version = conn.info.server_version
-        except psycopg.Error as ex:
-            print(f"error: can't connect: {' '.join(str(ex).split())}", file=sys.stderr)
+            dsn = server_dsn(stack, args.dsn, _log)
+            server_version = connect_check(dsn)
+        except SetupError as ex:
+            print(f"error: {ex}", file=sys.stderr)
             return 2
         scenarios = scenarios_for(dsn, args.threads, args.only, args.select1, args.pin)
         if not scenarios:

@@ -48,7 +48,17 @@ from typing import Any, TextIO
 
 import psycopg
 import psycopg_pool
-from _common import DSN_ENV, Extras, Target, add_run_arguments, counts, one_line, plural, positive
+from _common import (
+    Extras,
+    SetupError,
+    Target,
+    add_run_arguments,
+    connect_check,
+    counts,
+    plural,
+    positive,
+    server_dsn,
+)
 from _pgbouncer import (
     NO_PREPARE,
     PgBouncer,
@@ -68,7 +78,6 @@ from harness import (
 )
 
 import pgpoolkit
-from pgpoolkit.testing import TemporaryPostgres
 
 POOL_SIZE = 10
 APP = "bench-modes"
@@ -817,25 +826,21 @@ def scenarios_for(dsn: str, args: argparse.Namespace, opts: ManyOptions) -> list
     return scenarios
 
 
+def _log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    dsn: str | None = args.dsn if args.dsn is not None else os.environ.get(DSN_ENV) or None
     t0 = time.perf_counter()
     notes: list[str] = []
     program, why = find_pgbouncer(args.pgbouncer)
     with ExitStack() as stack:
-        if dsn is None:
-            print("starting a throwaway PostgreSQL...", file=sys.stderr, flush=True)
-            try:
-                dsn = stack.enter_context(TemporaryPostgres()).dsn
-            except RuntimeError as ex:
-                print(f"error: {one_line(ex)}", file=sys.stderr)
-                return 2
         try:
-            with psycopg.connect(dsn, connect_timeout=5) as conn:
-                server_version = conn.info.server_version
-        except psycopg.Error as ex:
-            print(f"error: can't connect: {one_line(ex)}", file=sys.stderr)
+            dsn = server_dsn(stack, args.dsn, _log)
+            server_version = connect_check(dsn)
+        except SetupError as ex:
+            print(f"error: {ex}", file=sys.stderr)
             return 2
         extras = Extras(dsn, warmup=args.warmup > 0)
         opts = ManyOptions(args.think_ms / 1000.0, program, notes, extras)
