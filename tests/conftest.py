@@ -23,7 +23,8 @@ def dsn() -> Iterator[str]:
     if env:
         yield env
         return
-    with TemporaryPostgres() as pg:
+    # prepared transactions for the two-phase commit tests
+    with TemporaryPostgres(settings={"max_prepared_transactions": 10}) as pg:
         yield pg.dsn
 
 

@@ -31,6 +31,8 @@ FILES = {
     PKG / "aio" / "pool.py": PKG / "pool.py",
     PKG / "aio" / "connection.py": PKG / "connection.py",
     PKG / "aio" / "cursor.py": PKG / "cursor.py",
+    PKG / "aio" / "transaction_client.py": PKG / "transaction_client.py",
+    PKG / "aio" / "transaction_cursor.py": PKG / "transaction_cursor.py",
 }
 
 RENAMES = {

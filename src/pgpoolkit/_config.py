@@ -11,7 +11,7 @@ import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_origin
 
 from .policies import Policy, policy_for_mode
 
@@ -119,7 +119,9 @@ def check_kwargs(kwargs: object) -> None:
 def check_connection_class(value: object, base: type) -> None:
     """connection_class is psycopg's connection class of the shell (sync or async), or a
     subclass of it: anything else could never connect (and an async class in the threaded pool,
-    or the reverse, would fail at every attempt)."""
+    or the reverse, would fail at every attempt). A generic alias such as
+    ``Connection[DictRow]`` stands for its class."""
+    value = get_origin(value) or value
     if not (isinstance(value, type) and issubclass(value, base)):
         shown = value.__qualname__ if isinstance(value, type) else type(value).__name__
         raise TypeError(

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from inspect import isawaitable  # async-only
 from time import monotonic
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 from psycopg import AsyncConnection  # sync: from psycopg import Connection
 from psycopg import errors as e
@@ -44,11 +44,26 @@ from .._config import (
 )
 from .._core import PoolCore, Slot, check_max_clients
 from .._probe import is_alive, make_probe
+from .._psycopg import (
+    RETURNED,
+    detach,
+    drop_client_handlers,
+    forget_prepared,
+    prepared_settings,
+    restore_prepared_settings,
+    server_handlers,
+)
 from ..errors import PoolTimeout, TooManyClients
 from ..policies import Action, ClientState, Policy
 from ..policies import Event as ClientEvent
 from ..stats import PoolStats
-from .connection import AsyncPooledConnection, _apply_settings, reported_parameters
+from .connection import AsyncPooledConnection, pooled_class
+from .transaction_client import (
+    AsyncTransactionClient,
+    _apply_settings,
+    _reported_changed,
+    reported_parameters,
+)
 
 __all__ = ["AsyncPool"]
 
@@ -67,6 +82,8 @@ _INERROR = TransactionStatus.INERROR
 
 #: configure, check and reset: called with a connection (coroutine functions in AsyncPool)
 ConnectionCallback = Callable[[AsyncConnection[Any]], Awaitable[None]]
+#: a client of the pool: a pooled connection (session mode) or a transaction-mode client
+Client = AsyncPooledConnection[Any] | AsyncTransactionClient
 #: reconnect_failed: called with the pool (a function or a coroutine function in AsyncPool)
 ReconnectFailedCallback = Callable[["AsyncPool"], Any]
 
@@ -138,6 +155,8 @@ class AsyncPool:
         self.conninfo = conninfo
         self.kwargs = kwargs
         self.connection_class = connection_class
+        #: what pool.connect() hands out in session mode: a subclass of connection_class
+        self._client_class = pooled_class(connection_class)
         self.policy: Policy = self._config.policy
         self.max_clients = check_max_clients(max_clients)
         self.idle_in_transaction_timeout = (
@@ -151,6 +170,14 @@ class AsyncPool:
         )
         self._releases_when_idle = (
             self.policy.decide(ClientState.BOUND, ClientEvent.IDLE_AFTER) is Action.RELEASE
+        )
+        #: a client keeps its server connection from connect to close: it is a psycopg
+        #: connection borrowing the server's (connection.py); in the other modes, a client that
+        #: binds per transaction or statement (transaction_client.py)
+        self._session_clients = self._binds_on_connect and not self._releases_when_idle
+        #: the policy may refuse a multi-statement transaction to a session-mode client
+        self._begin_refused = (
+            self.policy.decide(ClientState.BOUND, ClientEvent.BEGIN) is Action.REFUSE
         )
         #: what a client holding no server connection may not start (a tuple: no enum hashing)
         self._refused_when_idle = tuple(
@@ -166,7 +193,7 @@ class AsyncPool:
         #: the connections handed out by getconn() and not yet given back to putconn()
         self._lent: dict[AsyncConnection[Any], Slot[AsyncConnection[Any]]] = {}
         #: the open clients (pooled connections), for max_clients and the client stats
-        self._clients: weakref.WeakSet[AsyncPooledConnection] = weakref.WeakSet()
+        self._clients: weakref.WeakSet[Client] = weakref.WeakSet()
         self._pinned_logged = False
         self._loop: asyncio.AbstractEventLoop | None = None  # sync: self._loop: object = None
         self._configure = configure
@@ -345,24 +372,31 @@ class AsyncPool:
 
     # -- checkout and return ----------------------------------------------------------------------
 
-    def connection(self, timeout: float | None = None) -> AsyncPooledConnection:
+    def connection(self, timeout: float | None = None) -> AsyncPooledConnection[Any]:
         """A pooled connection for an ``async with`` block: committed at the end of the block,
         rolled back if it raises, then returned to the pool. (It opens on entering the
         block, where ``timeout`` applies.)"""
-        return AsyncPooledConnection(self, timeout)
+        return self._new_client(timeout)
 
-    async def connect(self, timeout: float | None = None) -> AsyncPooledConnection:
-        """A pooled connection (a client), with psycopg AsyncConnection's API, held until its
-        ``close()``: a drop-in for ``psycopg.AsyncConnection.connect()``.
+    async def connect(self, timeout: float | None = None) -> AsyncPooledConnection[Any]:
+        """A pooled connection, held until its ``close()``: a drop-in for
+        ``psycopg.AsyncConnection.connect()``.
 
         In session mode it takes its server connection now (``timeout`` applies here); in
         transaction and statement modes it takes one for each transaction or statement.
         """
-        client = AsyncPooledConnection(self, timeout)
+        client = self._new_client(timeout)
         await self._open_client(client, timeout)
         return client
 
-    async def _open_client(self, client: AsyncPooledConnection, timeout: float | None) -> None:
+    def _new_client(self, timeout: float | None) -> AsyncPooledConnection[Any]:
+        if self._session_clients:
+            return self._client_class._for_pool(self, timeout)
+        # transaction and statement modes still hand out the psycopg-like client (to become
+        # a psycopg connection too): typed as the one class users will get
+        return cast("AsyncPooledConnection[Any]", AsyncTransactionClient(self, timeout))
+
+    async def _open_client(self, client: Client, timeout: float | None) -> None:
         """Count a new client in, and bind it if the policy binds at connect."""
         core = self._core
         if core.closed or not core.opened:
@@ -405,6 +439,25 @@ class AsyncPool:
                 "this pool's getconn(), or it was returned already"
             )
         await self._release(slot)
+
+    async def _release_client(
+        self, client: AsyncPooledConnection[Any], slot: Slot[AsyncConnection[Any]]
+    ) -> None:
+        """Take back the server connection of a session-mode client that closed: whatever the
+        client changed on the server (its session, the prepared-statement settings) is undone;
+        what it changed on its own connection object goes with the object."""
+        conn = slot.conn
+        defaults = slot.defaults
+        detach(client, RETURNED, defaults[6])
+        restore_prepared_settings(conn, defaults[7])
+        dirty = client._dirty
+        statements = client._statements
+        if statements and not dirty and _reported_changed(slot):
+            dirty = True
+        discard = client._discard or bool(conn.pgconn.pipeline_status)
+        await self._release(
+            slot, dirty, False, False, statements, client._transactions, discard
+        )
 
     async def _acquire(self, timeout: float | None) -> Slot[AsyncConnection[Any]]:
         """Check out a live connection: from the idle stack, or by waiting in the queue.
@@ -538,6 +591,8 @@ class AsyncPool:
         """
         conn = slot.conn
         status = conn.pgconn.transaction_status
+        if conn.pgconn.pipeline_status:  # a client closed in a pipeline: can't be reused
+            return False
         if status != _IDLE:
             if status != _INTRANS and status != _INERROR:  # busy (ACTIVE) or broken
                 return False
@@ -550,7 +605,7 @@ class AsyncPool:
             try:
                 await conn.set_autocommit(True)
                 await conn.execute("DISCARD ALL", prepare=False)
-                _forget_prepared(conn)
+                forget_prepared(conn)
                 if self._configure is not None:  # DISCARD ALL undid what configure set up
                     await conn.set_autocommit(slot.defaults[0])
                     await self._configure(conn)
@@ -576,7 +631,7 @@ class AsyncPool:
                 logger.warning("pool %r: reset left a transaction open, discarding", self.name)
                 return False
         if touched or dirty:  # last: the reset may receive some
-            _drop_client_handlers(conn, slot.defaults[5])
+            drop_client_handlers(conn, slot.defaults[5])
         return True
 
     # -- background work ------------------------------------------------------------------------
@@ -641,6 +696,8 @@ class AsyncPool:
                     conn.deferrable,
                     reported_parameters(conn),  # to see a session change the text hid
                     tuple(getattr(conn, "_notice_handlers", ())),  # the pool's (the probe's)
+                    server_handlers(conn.pgconn),  # to restore when a client lets go
+                    prepared_settings(conn),  # likewise
                 )
                 now = monotonic()
                 with self._lock:
@@ -710,6 +767,8 @@ class AsyncPool:
         """Roll back the transactions of clients idle in them longer than ``limit``."""
         now = monotonic()
         for client in _snapshot(self._clients):
+            if not isinstance(client, AsyncTransactionClient):
+                continue  # session mode: the server's idle_in_transaction_session_timeout
             slot = client._slot
             if slot is None or now - client._guard.active_at < limit:
                 continue
@@ -822,23 +881,7 @@ class AsyncPool:
         return stats
 
 
-def _drop_client_handlers(conn: AsyncConnection[Any], notice_handlers: tuple[Any, ...]) -> None:
-    """What a client left on the psycopg connection goes with it: its notify and notice
-    handlers (they would hear the next clients' notifications and notices) and the
-    notifications received for its LISTEN that it did not read."""
-    # psycopg's private lists (3.x): there is no public API to list or drop them all
-    notify_handlers = getattr(conn, "_notify_handlers", None)
-    if notify_handlers:
-        notify_handlers.clear()
-    handlers = getattr(conn, "_notice_handlers", None)
-    if handlers is not None and len(handlers) != len(notice_handlers):
-        handlers[:] = notice_handlers
-    backlog = getattr(conn, "_notifies_backlog", None)
-    if backlog:
-        backlog.clear()
-
-
-def _snapshot(clients: weakref.WeakSet[AsyncPooledConnection]) -> list[AsyncPooledConnection]:
+def _snapshot(clients: weakref.WeakSet[Client]) -> list[Client]:
     """The clients now: the set is added to without the pool's lock (by connect() in other
     threads), and a set changing while it is copied raises RuntimeError: copy again."""
     while True:
@@ -846,19 +889,6 @@ def _snapshot(clients: weakref.WeakSet[AsyncPooledConnection]) -> list[AsyncPool
             return list(clients)
         except RuntimeError:
             continue
-
-
-def _forget_prepared(conn: AsyncConnection[Any]) -> None:
-    """DISCARD ALL dropped the backend's prepared statements: psycopg must forget them too.
-
-    psycopg clears its cache when it sees DISCARD ALL, but only the first time it runs that
-    query's text (later runs hit its cache of seen queries), so a statement it prepared after
-    the first reset would be used again after the next one: "prepared statement does not
-    exist". The pool clears the cache itself, with nothing left to deallocate.
-    """
-    prepared = conn._prepared
-    prepared.clear()
-    prepared._to_flush.clear()
 
 
 def _describe_error(ex: BaseException) -> str:
