@@ -113,6 +113,16 @@ def test_pool_options_and_connection_options(dsn: str, admin: Admin, app: str) -
     other.close()
 
 
+def test_every_pool_parameter_is_a_pool_option(dsn: str, app: str) -> None:
+    # max_clients once went to libpq as a connection option: every attempt failed
+    conn = pgpoolkit.connect(
+        dsn, application_name=app, max_clients=5, idle_in_transaction_timeout=30.0, timeout=5.0
+    )
+    assert conn.pool.max_clients == 5 and conn.pool.idle_in_transaction_timeout == 30.0
+    assert conn.execute("SELECT 1").fetchone() == (1,)
+    conn.close()
+
+
 def test_bad_options(dsn: str) -> None:
     with pytest.raises(ValueError, match="max_size"):
         pgpoolkit.connect(dsn, min_size=5, max_size=2)

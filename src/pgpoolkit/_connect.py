@@ -8,6 +8,7 @@ sockets.
 from __future__ import annotations
 
 import atexit
+import inspect
 import os
 import threading
 from typing import Any
@@ -17,14 +18,11 @@ from .pool import Pool
 
 __all__ = ["close_all", "connect"]
 
-#: the Pool constructor's options that pgpoolkit.connect() accepts besides conninfo
-POOL_OPTIONS = frozenset(
-    {
-        "mode", "min_size", "max_size", "timeout", "max_waiting", "max_lifetime", "max_idle",
-        "reconnect_timeout", "reconnect_failed", "configure", "check", "reset", "name",
-        "connection_class",
-    }
-)
+#: the Pool constructor's options that pgpoolkit.connect() accepts besides conninfo: read off its
+#: signature, so that a new pool parameter is never passed to libpq as a connection option
+POOL_OPTIONS = frozenset(inspect.signature(Pool.__init__).parameters) - {
+    "self", "conninfo", "kwargs", "open",
+}
 #: defaults for the process-wide pools: open nothing until asked, keep a few, let idle ones go
 DEFAULTS: dict[str, Any] = {"min_size": 0, "max_size": 20, "max_idle": 60.0}
 
