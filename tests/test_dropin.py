@@ -23,7 +23,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg.types import TypeInfo
 from psycopg.types.enum import EnumInfo, register_enum
 
-from pgpoolkit import Pool, PooledConnection
+from pgpoolkit import PolicyViolation, Pool, PooledConnection
 
 Connect = Callable[..., psycopg.Connection[Any]]
 
@@ -39,8 +39,19 @@ def pool(dsn: str, app: str) -> Iterator[Pool]:
         yield p
 
 
-@pytest.fixture(params=["direct", "pooled"])
-def connect(request: pytest.FixtureRequest, dsn: str, pool: Pool) -> Iterator[Connect]:
+@pytest.fixture
+def tpool(dsn: str, app: str) -> Iterator[Pool]:
+    """A transaction-mode pool of 2 server connections."""
+    with Pool(
+        dsn, kwargs={"application_name": app}, mode="transaction", min_size=2, timeout=5.0
+    ) as p:
+        yield p
+
+
+@pytest.fixture(params=["direct", "session", "transaction"])
+def connect(
+    request: pytest.FixtureRequest, dsn: str, pool: Pool, tpool: Pool
+) -> Iterator[Connect]:
     opened: list[psycopg.Connection[Any]] = []
 
     def direct(**kwargs: Any) -> psycopg.Connection[Any]:
@@ -54,7 +65,15 @@ def connect(request: pytest.FixtureRequest, dsn: str, pool: Pool) -> Iterator[Co
         opened.append(conn)
         return conn
 
-    yield direct if request.param == "direct" else pooled
+    def pooled_transaction(**kwargs: Any) -> psycopg.Connection[Any]:
+        assert not kwargs
+        conn = tpool.connect()
+        opened.append(conn)
+        return conn
+
+    yield {"direct": direct, "session": pooled, "transaction": pooled_transaction}[
+        request.param
+    ]
     for conn in opened:
         conn.close()
 
@@ -67,8 +86,12 @@ class Upper(Loader):
 def test_is_a_psycopg_connection(connect: Connect) -> None:
     conn = connect()
     assert isinstance(conn, psycopg.Connection)
-    assert conn.info.backend_pid > 0 and conn.pgconn.status == psycopg.pq.ConnStatus.OK
-    assert sql.as_string(sql.Identifier("a b"), conn) == '"a b"'
+    assert conn.pgconn.status == psycopg.pq.ConnStatus.OK and not conn.closed
+    assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    with conn.transaction():  # (transaction mode: no backend between transactions)
+        assert conn.info.backend_pid > 0
+    with conn.transaction():  # (transaction mode: escaping needs the server's libpq connection)
+        assert sql.as_string(sql.Identifier("a b"), conn) == '"a b"'
     assert hasattr(conn, "info") and conn.adapters is conn.adapters
 
 
@@ -291,3 +314,85 @@ def test_dropped_without_close_goes_back(pool: Pool) -> None:
     gc.collect()
     with pool.connection(timeout=5.0) as again:
         assert again.execute("SELECT 1").fetchone() == (1,)
+
+
+# -- transaction mode: a server connection per transaction, under a real psycopg connection ---
+
+
+def test_transaction_mode_cursor_reused_after_commit(tpool: Pool, dsn: str) -> None:
+    table = f"t_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE TABLE {table} (who text, n int)")
+        try:
+            conn = tpool.connect()
+            cur = conn.execute(f"INSERT INTO {table} VALUES ('a', 1)")
+            conn.commit()
+            # the other server connection is busy in another client's open transaction
+            other = tpool.connect()
+            other.execute(f"INSERT INTO {table} VALUES ('b', 1)")
+            # the cursor made in the first transaction runs in a new one, on what conn holds
+            cur.execute(f"INSERT INTO {table} VALUES ('a', 2)")
+            assert cur.connection is conn
+            conn.commit()
+            other.rollback()  # the other client's work only is undone
+            got = admin.execute(f"SELECT who, n FROM {table} ORDER BY n").fetchall()
+            assert got == [("a", 1), ("a", 2)]
+            assert tpool.stats().servers_active == 0  # nothing left in a transaction
+            conn.close()
+            other.close()
+        finally:
+            admin.execute(f"DROP TABLE {table}")
+
+
+def test_transaction_mode_between_transactions(tpool: Pool) -> None:
+    conn = tpool.connect()
+    assert conn.pool is tpool and isinstance(conn, PooledConnection)
+    assert hasattr(conn, "info") and conn.info.encoding == "utf-8"
+    conn.adapters.register_loader("text", Upper)
+    notices: list[str] = []
+    conn.add_notice_handler(lambda diag: notices.append(diag.message_primary or ""))
+    conn.row_factory = dict_row
+    conn.prepare_threshold = None
+    conn.autocommit = True
+    assert tpool.stats().servers_active == 0  # none of that needed a server connection
+    assert conn.execute("SELECT 'abc'::text AS t").fetchone() == {"t": "ABC"}
+    conn.execute("DO $$BEGIN RAISE NOTICE 'hi'; END$$")
+    assert notices == ["hi"]
+    with pytest.raises(PolicyViolation, match=r"transaction pooling mode.*backend_pid"):
+        conn.info.backend_pid  # noqa: B018
+    # the next client of those server connections sees none of it
+    nxt = tpool.connect()
+    assert nxt.execute("SELECT 'abc'::text").fetchone() == ("abc",)
+    assert nxt.prepare_threshold == 5
+    nxt.close()
+    conn.close()
+
+
+def test_transaction_mode_shared_by_8_threads_leaks_nothing(tpool: Pool) -> None:
+    conn = tpool.connect()
+    conn.autocommit = True
+    errors: list[BaseException] = []
+
+    def work(k: int) -> None:
+        try:
+            for i in range(40):
+                if i % 2:
+                    with conn.cursor() as cur:
+                        cur.execute("SELECT %s::int", [i])
+                        assert cur.fetchone() == (i,)
+                else:
+                    assert conn.execute("SELECT %s::int", [k]).fetchone() == (k,)
+        except BaseException as ex:
+            errors.append(ex)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors[:3]
+    stats = tpool.stats()
+    assert stats.servers_active == 0, stats
+    with tpool.connection() as other:  # the pool still serves
+        assert other.execute("SELECT 1").fetchone() == (1,)
+    conn.close()

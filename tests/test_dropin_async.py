@@ -26,17 +26,25 @@ async def apool(dsn: str) -> AsyncIterator[AsyncPool]:
         yield p
 
 
-@pytest.fixture(params=["direct", "pooled"])
+@pytest.fixture
+async def tpool(dsn: str) -> AsyncIterator[AsyncPool]:
+    async with AsyncPool(dsn, mode="transaction", min_size=2, timeout=5.0) as p:
+        yield p
+
+
+@pytest.fixture(params=["direct", "session", "transaction"])
 async def connect(
-    request: pytest.FixtureRequest, dsn: str, apool: AsyncPool
+    request: pytest.FixtureRequest, dsn: str, apool: AsyncPool, tpool: AsyncPool
 ) -> AsyncIterator[AConnect]:
     opened: list[psycopg.AsyncConnection[Any]] = []
 
     async def open_one() -> psycopg.AsyncConnection[Any]:
         if request.param == "direct":
             conn = await psycopg.AsyncConnection.connect(dsn)
-        else:
+        elif request.param == "session":
             conn = await apool.connect()
+        else:
+            conn = await tpool.connect()
         opened.append(conn)
         return conn
 
@@ -108,3 +116,33 @@ async def test_connection_class_generic(dsn: str) -> None:
         assert isinstance(conn, AsyncPooledConnection)
         cur = await conn.execute("SELECT 1 AS one")
         assert await cur.fetchone() == {"one": 1}
+
+
+async def test_transaction_mode_cursor_reused_after_commit(tpool: AsyncPool) -> None:
+    conn = await tpool.connect()
+    cur = await conn.execute("CREATE TEMP TABLE IF NOT EXISTS x (n int) ON COMMIT DROP")
+    await conn.commit()
+    other = await tpool.connect()
+    await other.execute("SELECT 1")  # holds a server connection in an open transaction
+    await cur.execute("SELECT 2")
+    assert await cur.fetchone() == (2,) and cur.connection is conn
+    assert conn.pgconn is not other.pgconn
+    await conn.commit()
+    await other.rollback()
+    assert tpool.stats().servers_active == 0
+    await conn.close()
+    await other.close()
+
+
+async def test_transaction_mode_shared_by_8_tasks_leaks_nothing(tpool: AsyncPool) -> None:
+    conn = await tpool.connect()
+    await conn.set_autocommit(True)
+
+    async def work(k: int) -> None:
+        for i in range(30):
+            cur = await conn.execute("SELECT %s::int", [i + k])
+            assert await cur.fetchone() == (i + k,)
+
+    await asyncio.gather(*(work(k) for k in range(8)))
+    assert tpool.stats().servers_active == 0
+    await conn.close()

@@ -1,5 +1,6 @@
 """SQLAlchemy 2 on pgpoolkit the way SQLAlchemy documents a custom pool: ``creator=`` /
-``async_creator=`` with ``NullPool``, no dialect flags, an ORM unit of work (session mode)."""
+``async_creator=`` with ``NullPool``, no dialect flags, an ORM unit of work in session and
+transaction mode."""
 
 from __future__ import annotations
 
@@ -32,9 +33,10 @@ def make_model(table: str) -> Any:
     return Base, Item
 
 
-def test_orm_unit_of_work_threads(dsn: str) -> None:
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_orm_unit_of_work_threads(dsn: str, mode: str) -> None:
     Base, Item = make_model(f"sa_{uuid.uuid4().hex[:8]}")
-    with Pool(dsn, min_size=1, max_size=3, timeout=10.0) as pool:
+    with Pool(dsn, mode=mode, min_size=1, max_size=3, timeout=10.0) as pool:
         engine = create_engine("postgresql+psycopg://", creator=pool.connect, poolclass=NullPool)
         Base.metadata.create_all(engine)
         errors: list[BaseException] = []
@@ -61,11 +63,12 @@ def test_orm_unit_of_work_threads(dsn: str) -> None:
         assert stats.servers_active == 0 and stats.clients_open == 0
 
 
-async def test_orm_unit_of_work_asyncio(dsn: str) -> None:
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+async def test_orm_unit_of_work_asyncio(dsn: str, mode: str) -> None:
     from sqlalchemy.ext.asyncio import AsyncSession
 
     Base, Item = make_model(f"sa_{uuid.uuid4().hex[:8]}")
-    async with AsyncPool(dsn, min_size=1, max_size=3, timeout=10.0) as pool:
+    async with AsyncPool(dsn, mode=mode, min_size=1, max_size=3, timeout=10.0) as pool:
         engine = create_async_engine(
             "postgresql+psycopg://", async_creator=pool.connect, poolclass=NullPool
         )

@@ -31,8 +31,7 @@ FILES = {
     PKG / "aio" / "pool.py": PKG / "pool.py",
     PKG / "aio" / "connection.py": PKG / "connection.py",
     PKG / "aio" / "cursor.py": PKG / "cursor.py",
-    PKG / "aio" / "transaction_client.py": PKG / "transaction_client.py",
-    PKG / "aio" / "transaction_cursor.py": PKG / "transaction_cursor.py",
+    PKG / "aio" / "transaction_mode.py": PKG / "transaction_mode.py",
 }
 
 RENAMES = {
@@ -40,6 +39,7 @@ RENAMES = {
     "ADeadlines": "Deadlines",
     "AEvent": "Event",
     "ALock": "Lock",
+    "ABindLock": "BindLock",
     "AGuard": "Guard",
     "AWorker": "Worker",
     "aspawn": "spawn",
@@ -47,6 +47,7 @@ RENAMES = {
     "agather": "gather",
     "__aenter__": "__enter__",
     "__aexit__": "__exit__",
+    "__anext__": "__next__",
     "asynccontextmanager": "contextmanager",
     "asyncio": "threads",
     "AbstractAsyncContextManager": "AbstractContextManager",

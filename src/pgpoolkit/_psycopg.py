@@ -19,19 +19,32 @@ from psycopg import BaseConnection
 from psycopg.adapt import AdaptersMap
 from psycopg.pq import ConnStatus, TransactionStatus
 
+from .errors import PolicyViolation
+
 if TYPE_CHECKING:
     from psycopg.pq.abc import PGconn
 
 __all__ = [
     "RETURNED",
     "UNOPENED",
+    "BetweenTransactions",
+    "adopt_settings",
+    "apply_prepared_settings",
     "attach",
     "check_connection_ok",
+    "close_locally",
+    "cursor_pgconn",
     "detach",
     "drop_client_handlers",
+    "forget_declared",
     "forget_prepared",
+    "forget_transaction_blocks",
+    "point_at",
     "prepared_settings",
+    "reported_changed",
+    "reported_parameters",
     "restore_prepared_settings",
+    "run_setting",
     "server_handlers",
 ]
 
@@ -58,9 +71,58 @@ class DetachedPGconn:
     def __getattr__(self, name: str) -> NoReturn:
         raise psycopg.OperationalError(self.message)
 
+    def refuse(self) -> NoReturn:
+        """Raise the error for any I/O attempted with this stand-in."""
+        raise psycopg.OperationalError(self.message)
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__}: {self.message}>"
 
+
+class BetweenTransactions(DetachedPGconn):
+    """What a transaction- or statement-mode client holds between transactions: psycopg sees
+    an open, idle connection (``closed`` is False, ``info.transaction_status`` is IDLE, the
+    encoding and the server's version and parameters are those of the pool's connections);
+    whatever needs a server connection raises ``PolicyViolation`` with ``message``."""
+
+    __slots__ = ("_encoding", "_parameters", "db", "host", "port", "protocol_version",
+                 "server_version", "user")
+
+    status = ConnStatus.OK
+    transaction_status = TransactionStatus.IDLE
+
+    def __init__(self, mode: str, template: PGconn) -> None:
+        super().__init__(
+            f"{mode} pooling mode: this connection holds no server connection between "
+            "transactions, and {what} needs one: use it inside a transaction() block, set it "
+            "up in the pool's configure callback, or use mode='session'"
+        )
+        self._encoding = template._encoding
+        self.server_version = template.server_version
+        self.protocol_version = template.protocol_version
+        self.host, self.port, self.user, self.db = (
+            template.host, template.port, template.user, template.db
+        )
+        self._parameters = {
+            name: template.parameter_status(name) for name in SNAPSHOT_PARAMETERS
+        }
+
+    def parameter_status(self, name: bytes) -> bytes | None:
+        return self._parameters.get(name)
+
+    def __getattr__(self, name: str) -> NoReturn:
+        raise PolicyViolation(self.message.format(what=repr(name)))
+
+    def refuse(self) -> NoReturn:
+        raise PolicyViolation(self.message.format(what="this"))
+
+
+#: the parameters a client between transactions can read (those the server reports at startup)
+SNAPSHOT_PARAMETERS = (
+    b"application_name", b"client_encoding", b"DateStyle", b"integer_datetimes",
+    b"IntervalStyle", b"is_superuser", b"server_encoding", b"server_version",
+    b"session_authorization", b"standard_conforming_strings", b"TimeZone",
+)
 
 #: a connection from ``pool.connection()`` before its block is entered
 UNOPENED: Any = DetachedPGconn(
@@ -89,31 +151,62 @@ def server_handlers(pgconn: PGconn) -> tuple[Any, Any]:
     return (pgconn.notice_handler, pgconn.notify_handler)
 
 
-def attach(client: BaseConnection[Any], server: BaseConnection[Any], first: bool) -> None:
-    """Bind ``client`` to ``server``'s libpq connection and prepared statements.
+#: session parameters the server reports to the client when they change (ParameterStatus): a
+#: change the statement's text did not show (a function running SET ROLE or set_config, a DO
+#: block) is caught by comparing them with the connection's values when it was opened
+REPORTED_PARAMETERS = (
+    b"is_superuser",
+    b"session_authorization",
+    b"application_name",
+    b"client_encoding",
+    b"DateStyle",
+    b"IntervalStyle",
+    b"TimeZone",
+    b"standard_conforming_strings",
+    b"default_transaction_read_only",
+    b"search_path",  # reported by PostgreSQL 18 and later
+)
 
-    Notices and notifications the server sends go to the client from now on (its handlers,
-    its ``notifies()``). On the ``first`` bind the client takes the server connection's
-    settings, factories and adapters as its starting point (those the pool's ``kwargs`` and
-    ``configure`` gave it): what the client changes after that is its own.
-    """
+
+def reported_parameters(pgconn: PGconn) -> tuple[bytes | None, ...]:
+    """The values of REPORTED_PARAMETERS as the server last reported them (no round trip)."""
+    return tuple(map(pgconn.parameter_status, REPORTED_PARAMETERS))
+
+
+def reported_changed(slot: Any) -> bool:
+    """The server reported a session parameter changing since the connection was opened."""
+    try:
+        now = tuple(map(slot.conn.pgconn.parameter_status, REPORTED_PARAMETERS))
+        return bool(now != slot.defaults[4])
+    except Exception:  # a closed connection: it will not be reused anyway
+        return False
+
+
+def adopt_settings(client: BaseConnection[Any], template: BaseConnection[Any]) -> None:
+    """Give a new client the settings, factories and adapters of a server connection (those
+    the pool's ``kwargs`` and ``configure`` gave it): its starting point. What the client
+    changes after that is its own."""
+    client.row_factory = template.row_factory  # type: ignore[attr-defined]
+    client.cursor_factory = template.cursor_factory  # type: ignore[attr-defined]
+    client.server_cursor_factory = template.server_cursor_factory  # type: ignore[attr-defined]
+    client._autocommit = template._autocommit
+    client._isolation_level = template._isolation_level
+    client._read_only = template._read_only
+    client._deferrable = template._deferrable
+    client._begin_statement = template._begin_statement
+    client._adapters = AdaptersMap(template.adapters)
+
+
+def attach(client: BaseConnection[Any], server: BaseConnection[Any]) -> None:
+    """Bind ``client`` to ``server``'s libpq connection and prepared statements: notices and
+    notifications the server sends go to the client from now on (its handlers, its
+    ``notifies()``)."""
     pgconn = server.pgconn
     client.pgconn = pgconn
     client._prepared = server._prepared
     wself = ref(client)
     pgconn.notice_handler = partial(BaseConnection._notice_handler, wself)
     pgconn.notify_handler = partial(BaseConnection._notify_handler, wself)
-    if first:
-        client.row_factory = server.row_factory  # type: ignore[attr-defined]
-        client.cursor_factory = server.cursor_factory  # type: ignore[attr-defined]
-        client.server_cursor_factory = server.server_cursor_factory  # type: ignore[attr-defined]
-        client._autocommit = server._autocommit
-        client._isolation_level = server._isolation_level
-        client._read_only = server._read_only
-        client._deferrable = server._deferrable
-        client._begin_statement = server._begin_statement
-        client._adapters = AdaptersMap(server.adapters)
-        client._closed = False
 
 
 def detach(client: BaseConnection[Any], standin: Any, handlers: tuple[Any, Any]) -> None:
@@ -122,6 +215,13 @@ def detach(client: BaseConnection[Any], standin: Any, handlers: tuple[Any, Any])
     pgconn = client.pgconn
     client.pgconn = standin
     pgconn.notice_handler, pgconn.notify_handler = handlers
+
+
+def apply_prepared_settings(conn: BaseConnection[Any], chosen: tuple[int | None, int]) -> None:
+    """Give a server connection's prepared-statement manager a client's prepare_threshold and
+    prepared_max."""
+    prepared = conn._prepared
+    prepared.prepare_threshold, prepared.prepared_max = chosen
 
 
 def prepared_settings(conn: BaseConnection[Any]) -> tuple[int | None, int]:
@@ -135,6 +235,61 @@ def restore_prepared_settings(conn: BaseConnection[Any], saved: tuple[int | None
     prepared = conn._prepared
     if (prepared.prepare_threshold, prepared.prepared_max) != saved:
         prepared.prepare_threshold, prepared.prepared_max = saved
+
+
+#: psycopg's generators that change a connection's settings: with no transaction open and no
+#: pipeline (a client between transactions) they end without any I/O
+_SETTING_GENERATORS = frozenset(
+    getattr(BaseConnection, name).__code__
+    for name in (
+        "_set_autocommit_gen",
+        "_set_isolation_level_gen",
+        "_set_read_only_gen",
+        "_set_deferrable_gen",
+    )
+)
+
+
+def run_setting(gen: Any) -> tuple[bool, Any]:
+    """Run a settings generator of psycopg to its end without a server connection: (True, its
+    value), or (False, None) if ``gen`` is anything else (and must not run)."""
+    if getattr(gen, "gi_code", None) not in _SETTING_GENERATORS:
+        return False, None
+    try:
+        gen.send(None)
+    except StopIteration as ex:
+        return True, ex.value
+    gen.close()  # it wanted I/O after all
+    return False, None
+
+
+def cursor_pgconn(cursor: Any) -> Any:
+    """The libpq connection a cursor runs on (psycopg takes its connection's at creation)."""
+    return cursor._pgconn
+
+
+def point_at(cursor: Any, pgconn: Any) -> None:
+    """Make a cursor run on ``pgconn``: its client's server connection now, which may not be
+    the one the cursor was made with (transaction mode)."""
+    cursor._pgconn = pgconn
+
+
+def forget_declared(cursor: Any) -> None:
+    """A server-side cursor declared in a transaction that ended (on a server connection its
+    client gave back): psycopg must not try to CLOSE it on the next one."""
+    cursor._described = False
+
+
+def close_locally(cursor: Any) -> None:
+    """Mark a cursor closed without a round trip (its server-side cursor went with its
+    transaction)."""
+    cursor._close()
+
+
+def forget_transaction_blocks(conn: BaseConnection[Any]) -> None:
+    """The pool rolled back a client's transaction (idle_in_transaction_timeout): psycopg's
+    count of its open transaction() blocks must not forbid its next commit()."""
+    conn._num_transactions = 0
 
 
 def forget_prepared(conn: BaseConnection[Any]) -> None:

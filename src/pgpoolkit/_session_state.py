@@ -105,6 +105,8 @@ class StatementInfo:
 _cache: dict[str, StatementInfo] = {}
 _CACHE_SIZE = 4096
 PLAIN = StatementInfo(frozenset(), False)
+#: what a server-side cursor declared WITH HOLD adds to its statement
+HELD = StatementInfo(frozenset({SessionChange.HOLD_CURSOR}), False)
 
 
 def inspect_statement(text: str) -> StatementInfo:

@@ -1,6 +1,6 @@
 # WARNING: generated from pgpoolkit/aio/connection.py by tools/async_to_sync.py:
 # edit the source, not this file.
-"""PooledConnection: what a session-mode pool hands out, a psycopg Connection.
+"""PooledConnection: what an Pool hands out, a psycopg Connection.
 
 ``pgpoolkit/connection.py`` is generated from ``pgpoolkit/aio/connection.py`` by
 ``tools/async_to_sync.py``: edit the aio one.
@@ -9,12 +9,15 @@ A pooled connection is an instance of ``psycopg.Connection`` (of the pool's
 ``connection_class``, generic ``Connection[Row]`` included), so every library that takes a
 psycopg connection takes it: ``TypeInfo.fetch``, adapters, row factories, SQLAlchemy. It is a
 connection object of its own that borrows the libpq connection and the prepared statements of a
-server connection of the pool (``_psycopg.attach``), from ``connect()`` (or entering a
-``connection()`` block) until ``close()``, which gives the server connection back. What a client
+server connection of the pool (``_psycopg.attach``) while it is bound to one. What a client
 changes on its connection object (autocommit, isolation level, row and cursor factories,
 adapters, handlers, a two-phase transaction) goes with the object and never reaches the next
 client; what it changes on the server (SET, LISTEN, temporary tables...) is seen by its cursors
 (``cursor.py``) and reset before the server connection is reused.
+
+This class is session mode's: bound from ``connect()`` (or entering a ``connection()`` block)
+until ``close()``, with nothing of the pool's on the statement path but the cursors' look at
+the query. Transaction and statement modes bind per transaction: ``transaction_mode.py``.
 """
 
 from __future__ import annotations
@@ -27,16 +30,25 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import Row
 
 from ._core import Slot
-from ._psycopg import UNOPENED, attach, check_connection_ok
+from ._psycopg import (
+    RETURNED,
+    UNOPENED,
+    adopt_settings,
+    apply_prepared_settings,
+    attach,
+    check_connection_ok,
+    detach,
+    prepared_settings,
+)
 from ._session_state import (
+    HELD,
     NOT_RESETTABLE,
     PLAIN,
-    SessionChange,
     StatementInfo,
     inspect_query,
     merge_info,
 )
-from .cursor import watched
+from .cursor import WatchedCursor, WatchedServerCursor, watched
 from .errors import PolicyViolation
 from .policies import Action, ClientState, Event
 
@@ -47,8 +59,6 @@ __all__ = ["PooledConnection", "pooled_class"]
 
 _IDLE = TransactionStatus.IDLE
 _UNKNOWN = TransactionStatus.UNKNOWN
-#: what a server-side cursor declared WITH HOLD adds to its statement
-HELD = StatementInfo(frozenset({SessionChange.HOLD_CURSOR}), False)
 
 
 class PooledConnection(Connection[Row]):
@@ -59,6 +69,10 @@ class PooledConnection(Connection[Row]):
     closed pooled connection behaves as a closed psycopg connection: any use raises
     ``OperationalError``, and its cursors can no longer run.
     """
+
+    #: what this class's cursors add to the cursor classes a user chooses (cursor.py)
+    _cursor_mixin: type = WatchedCursor
+    _server_cursor_mixin: type = WatchedServerCursor
 
     # psycopg's own attributes, plus the pool's:
     _owner: Pool
@@ -71,12 +85,16 @@ class PooledConnection(Connection[Row]):
     _dirty: bool
     #: the session was changed beyond what a reset undoes (LOAD): close the server connection
     _discard: bool
+    #: prepare_threshold and prepared_max as the client set them (None: the pool's)
+    _chosen_prepared: tuple[int | None, int] | None
     _statements: int
     _transactions: int
+    #: session mode never pins: a client holds its server connection anyway
+    _pinned = False
 
     @classmethod
     def _for_pool(cls, pool: Pool, timeout: float | None) -> PooledConnection[Any]:
-        """A new, unbound client of ``pool`` (the pool binds it)."""
+        """A new, unopened client of ``pool`` (``pool._open_client()`` opens it)."""
         self = cls(UNOPENED)
         self._closed = True
         self._owner = pool
@@ -84,6 +102,7 @@ class PooledConnection(Connection[Row]):
         self._timeout = timeout
         self._unopened = True
         self._dirty = self._discard = False
+        self._chosen_prepared = None
         self._statements = self._transactions = 0
         return self
 
@@ -95,7 +114,7 @@ class PooledConnection(Connection[Row]):
 
     @cursor_factory.setter
     def cursor_factory(self, factory: Any) -> None:
-        self._cursor_factory = watched(factory)
+        self._cursor_factory = watched(factory, self._cursor_mixin, self._server_cursor_mixin)
 
     @property
     def server_cursor_factory(self) -> Any:
@@ -103,9 +122,42 @@ class PooledConnection(Connection[Row]):
 
     @server_cursor_factory.setter
     def server_cursor_factory(self, factory: Any) -> None:
-        self._server_cursor_factory = watched(factory)
+        self._server_cursor_factory = watched(
+            factory, self._cursor_mixin, self._server_cursor_mixin
+        )
 
     _check_connection_ok = check_connection_ok
+
+    # -- prepared statements: the client's choice, applied to whichever server it borrows ------
+
+    @property
+    def prepare_threshold(self) -> int | None:
+        return cast("int | None", self._prepared_setting(0))
+
+    @prepare_threshold.setter
+    def prepare_threshold(self, value: int | None) -> None:
+        self._choose_prepared(0, value)
+
+    @property
+    def prepared_max(self) -> int | None:
+        return cast("int | None", self._prepared_setting(1))
+
+    @prepared_max.setter
+    def prepared_max(self, value: int | None) -> None:
+        self._choose_prepared(1, 0 if value is None else value)
+
+    def _prepared_setting(self, index: int) -> Any:
+        chosen = self._chosen_prepared
+        if chosen is not None:
+            return chosen[index]
+        return prepared_settings(self)[index]  # the server's, or psycopg's default
+
+    def _choose_prepared(self, index: int, value: Any) -> None:
+        current = self._chosen_prepared or prepared_settings(self)
+        chosen = (value, current[1]) if index == 0 else (current[0], value)
+        self._chosen_prepared = chosen
+        if self._box:
+            apply_prepared_settings(self, chosen)
 
     # -- the pool's side --------------------------------------------------------------------------
 
@@ -116,7 +168,8 @@ class PooledConnection(Connection[Row]):
 
     @property
     def state(self) -> ClientState:
-        """Where the client stands: idle (closed, or not yet opened), bound, in transaction."""
+        """Where the client stands: idle (holding no server connection), bound, in transaction,
+        or pinned."""
         if not self._box:
             return ClientState.IDLE
         if self.pgconn.transaction_status == _IDLE:
@@ -128,13 +181,24 @@ class PooledConnection(Connection[Row]):
         box = self._box
         return box[0] if box else None
 
+    def _opened(self, template: Connection[Any] | None) -> None:
+        """Counted in by the pool: take the pool's settings (from ``template``, a server
+        connection; session mode takes them from its own at its bind)."""
+        self._unopened = False
+        self._closed = False
+        if template is not None:
+            adopt_settings(self, template)
+            autocommit = self._owner.policy.autocommit
+            if autocommit is not None:
+                self._autocommit = autocommit
+
     def _bind(self, timeout: float | None = None) -> Slot[Connection[Any]]:
         pool = self._owner
         slot = pool._acquire(timeout)
         try:
-            attach(self, slot.conn, True)
-            if pool.policy.autocommit is not None:
-                self._autocommit = pool.policy.autocommit
+            attach(self, slot.conn)
+            if self._chosen_prepared is not None:
+                apply_prepared_settings(self, self._chosen_prepared)
         except BaseException:
             pool._release(slot)
             raise
@@ -191,15 +255,27 @@ class PooledConnection(Connection[Row]):
     def close(self) -> None:
         """Give the server connection back to the pool (rolled back if a transaction is open,
         reset if the session was changed). Closing twice does nothing."""
-        try:
-            slot = self._box.pop()
-        except IndexError:  # closed already, or never opened
+        if self._closed:
             return
         self._closed = True
+        pool = self._owner
         try:
-            self._owner._release_client(self, slot)
+            slot = self._take_slot(RETURNED)
+            if slot is not None:
+                pool._release_client(self, slot, False)
         finally:
-            self._owner._clients.discard(self)
+            pool._clients.discard(self)
+
+    def _take_slot(self, standin: Any) -> Slot[Connection[Any]] | None:
+        """Claim the bound server connection (one pop: whichever thread claims it first) and
+        leave ``standin`` in its place."""
+        try:
+            slot = self._box.pop()
+        except IndexError:
+            self.pgconn = standin
+            return None
+        detach(self, standin, slot.defaults[6])
+        return slot
 
     def __enter__(self) -> PooledConnection[Row]:
         if self._unopened:  # pool.connection(): open for the block
@@ -214,10 +290,10 @@ class PooledConnection(Connection[Row]):
     ) -> None:
         """As psycopg: commit if the block succeeded, roll back if it raised; then close (the
         pool rolls back what is still open)."""
-        if not self._box:
+        if self._closed:
             return
         try:
-            if exc_type is None:
+            if exc_type is None and self._box:
                 status = self.pgconn.transaction_status
                 if status != _IDLE and status != _UNKNOWN:
                     self.commit()
@@ -235,28 +311,30 @@ class PooledConnection(Connection[Row]):
         # dropped without close(): the pool takes the server connection back all the same
         box = getattr(self, "_box", None)
         if box:
-            self._owner._client_lost(box[0], False)
+            self._owner._client_lost(box[0], self._pinned)
 
 
+_pooled_classes: dict[tuple[type, type], type[PooledConnection[Any]]] = {}
 
-_pooled_classes: dict[type, type[PooledConnection[Any]]] = {}
 
-
-def pooled_class(connection_class: Any) -> type[PooledConnection[Any]]:
-    """The class of a pool's pooled connections: PooledConnection mixed with the pool's
-    ``connection_class`` (a subclass of Connection, or a generic alias of one such as
-    ``Connection[DictRow]``), so that they are instances of both."""
+def pooled_class(
+    connection_class: Any, mode_class: type[PooledConnection[Any]] = PooledConnection
+) -> type[PooledConnection[Any]]:
+    """The class of a pool's pooled connections: ``mode_class`` (PooledConnection, or its
+    transaction-mode subclass) mixed with the pool's ``connection_class`` (a subclass of
+    Connection, or a generic alias of one such as ``Connection[DictRow]``), so that
+    they are instances of both."""
     base = get_origin(connection_class) or connection_class
-    if base is Connection:
-        return PooledConnection
+    if base is Connection or issubclass(mode_class, base):
+        return mode_class
     if issubclass(base, PooledConnection):
         return cast("type[PooledConnection[Any]]", base)
-    cls = _pooled_classes.get(base)
+    cls = _pooled_classes.get((base, mode_class))
     if cls is None:
         cls = type(
             f"Pooled{base.__name__}",
-            (PooledConnection, base),
+            (mode_class, base),
             {"__module__": base.__module__, "__qualname__": f"Pooled{base.__qualname__}"},
         )
-        _pooled_classes[base] = cls
+        _pooled_classes[base, mode_class] = cls
     return cls

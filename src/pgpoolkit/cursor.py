@@ -16,22 +16,34 @@ a query seen before that is one lookup in a cache per query text.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from psycopg import ServerCursor
+
+from ._psycopg import close_locally, cursor_pgconn, forget_declared, point_at
+from ._session_state import HELD, inspect_query, merge_info
+from .errors import PolicyViolation
 
 if TYPE_CHECKING:
     from psycopg import Cursor
     from psycopg.abc import Params, Query
 
     from .connection import PooledConnection
+    from .transaction_mode import TransactionModeConnection
 
     _CursorBase = Cursor[Any]
     _ServerCursorBase = ServerCursor[Any]
 else:
     _CursorBase = _ServerCursorBase = object
 
-__all__ = ["WatchedCursor", "WatchedServerCursor", "watched"]
+__all__ = [
+    "BindingCursor",
+    "BindingServerCursor",
+    "WatchedCursor",
+    "WatchedServerCursor",
+    "watched",
+]
 
 C = TypeVar("C")
 
@@ -73,20 +85,140 @@ class WatchedServerCursor(_ServerCursorBase):
         return super().execute(query, params, **kwargs)
 
 
-_watched: dict[type, type] = {}
+class BindingCursor(_CursorBase):
+    """Mixed into a client-side cursor class in transaction and statement modes: each query
+    takes a server connection for the client first (if it holds none), runs on it, and lets
+    the client give it back when the server reports the transaction over. ``stream()`` and
+    ``copy()`` keep it for their iteration or block. The cursor's results stay readable after."""
+
+    __slots__ = ()
+    _conn: TransactionModeConnection[Any]
+
+    def execute(self, query: Any, params: Params | None = None, **kwargs: Any) -> Any:
+        conn = self._conn
+        conn._use(inspect_query(query))
+        try:
+            point_at(self, conn.pgconn)
+            return super().execute(query, params, **kwargs)
+        finally:
+            conn._done()
+
+    def executemany(self, query: Query, params_seq: Any, **kwargs: Any) -> None:
+        conn = self._conn
+        conn._use(inspect_query(query))
+        try:
+            point_at(self, conn.pgconn)
+            super().executemany(query, params_seq, **kwargs)
+        finally:
+            conn._done()
+
+    def stream(
+        self, query: Query, params: Params | None = None, **kwargs: Any
+    ) -> Iterator[Any]:
+        conn = self._conn
+        conn._use(inspect_query(query))
+        conn._hold(1)
+        try:
+            point_at(self, conn.pgconn)
+            yield from super().stream(query, params, **kwargs)
+        finally:
+            conn._hold(-1)
+            conn._done()
+
+    @contextmanager
+    def copy(
+        self, statement: Query, params: Params | None = None, **kwargs: Any
+    ) -> Iterator[Any]:
+        conn = self._conn
+        conn._use(inspect_query(statement))
+        conn._hold(1)
+        try:
+            point_at(self, conn.pgconn)
+            with super().copy(statement, params, **kwargs) as copy:
+                yield copy
+        finally:
+            conn._hold(-1)
+            conn._done()
 
 
-def watched(factory: C) -> C:
-    """The watched subclass of a cursor class (made once per class; same name and module, so
-    that it shows as the class the user chose). Anything but a class is left as it is."""
+class BindingServerCursor(_ServerCursorBase):
+    """Mixed into a server-side cursor class in transaction and statement modes. A named
+    cursor lives in its transaction, on one server connection: it is read while the client
+    holds that connection, and reading it after the transaction ended raises PolicyViolation
+    instead of touching a server connection another client may hold now. Executed again, it
+    is declared anew on whichever server connection the client holds then."""
+
+    __slots__ = ()
+    _conn: TransactionModeConnection[Any]
+
+    def execute(self, query: Any, params: Params | None = None, **kwargs: Any) -> Any:
+        conn = self._conn
+        info = inspect_query(query)
+        if self.withhold:
+            info = merge_info(info, HELD)
+        conn._use(info)
+        try:
+            if cursor_pgconn(self) is not conn.pgconn:
+                forget_declared(self)  # it went with the transaction that declared it
+                point_at(self, conn.pgconn)
+            return super().execute(query, params, **kwargs)
+        finally:
+            conn._done()
+
+    def _check_alive(self) -> None:
+        conn = self._conn
+        if not conn._box or cursor_pgconn(self) is not conn.pgconn:
+            conn._check_connection_ok()  # closed: psycopg's error
+            raise PolicyViolation(
+                f"{conn._owner.policy.name} pooling mode: the server-side cursor "
+                f"{self.name!r} went with the transaction that declared it (the client gave "
+                "its server connection back): read it inside that transaction, or declare "
+                "it withhold=True, which pins the client to its server connection"
+            )
+
+    def fetchone(self) -> Any:
+        self._check_alive()
+        return super().fetchone()
+
+    def fetchmany(self, size: int = 0) -> list[Any]:
+        self._check_alive()
+        return super().fetchmany(size)
+
+    def fetchall(self) -> list[Any]:
+        self._check_alive()
+        return super().fetchall()
+
+    def scroll(self, value: int, mode: str = "relative") -> None:
+        self._check_alive()
+        super().scroll(value, mode)
+
+    def __next__(self) -> Any:
+        self._check_alive()
+        return super().__next__()
+
+    def close(self) -> None:
+        conn = self._conn
+        if not conn._box or cursor_pgconn(self) is not conn.pgconn:
+            close_locally(self)  # nothing left on any server connection the client holds
+            return
+        super().close()
+
+
+_watched: dict[tuple[type, type], type] = {}
+
+
+def watched(factory: C, mixin: type, server_mixin: type) -> C:
+    """The watched subclass of a cursor class: ``mixin`` (``server_mixin`` for a server-side
+    cursor class) mixed in, made once per class and mixin, with the same name and module, so
+    that it shows as the class the user chose. Anything but a class is left as it is."""
     if not isinstance(factory, type):
         return factory
-    cls = _watched.get(factory)
+    if issubclass(factory, ServerCursor):
+        mixin = server_mixin
+    if issubclass(factory, mixin):
+        return factory
+    cls = _watched.get((factory, mixin))
     if cls is None:
-        if issubclass(factory, (WatchedCursor, WatchedServerCursor)):
-            return factory
-        server_side = issubclass(factory, ServerCursor)
-        mixin = WatchedServerCursor if server_side else WatchedCursor
         cls = type(
             factory.__name__,
             (mixin, factory),
@@ -96,5 +228,5 @@ def watched(factory: C) -> C:
                 "__qualname__": factory.__qualname__,
             },
         )
-        _watched[factory] = cls
+        _watched[factory, mixin] = cls
     return cls  # type: ignore[return-value]

@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from time import monotonic
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 
 from psycopg import Connection
 from psycopg import errors as e
@@ -46,10 +46,12 @@ from ._core import PoolCore, Slot, check_max_clients
 from ._probe import is_alive, make_probe
 from ._psycopg import (
     RETURNED,
-    detach,
+    BetweenTransactions,
     drop_client_handlers,
     forget_prepared,
     prepared_settings,
+    reported_changed,
+    reported_parameters,
     restore_prepared_settings,
     server_handlers,
 )
@@ -58,12 +60,7 @@ from .errors import PoolTimeout, TooManyClients
 from .policies import Action, ClientState, Policy
 from .policies import Event as ClientEvent
 from .stats import PoolStats
-from .transaction_client import (
-    TransactionClient,
-    _apply_settings,
-    _reported_changed,
-    reported_parameters,
-)
+from .transaction_mode import TransactionModeConnection
 
 __all__ = ["Pool"]
 
@@ -79,7 +76,7 @@ _INERROR = TransactionStatus.INERROR
 #: configure, check and reset: called with a connection (coroutine functions in Pool)
 ConnectionCallback = Callable[[Connection[Any]], None]
 #: a client of the pool: a pooled connection (session mode) or a transaction-mode client
-Client = PooledConnection[Any] | TransactionClient
+Client = PooledConnection[Any]
 #: reconnect_failed: called with the pool (a function or a coroutine function in Pool)
 ReconnectFailedCallback = Callable[["Pool"], Any]
 
@@ -151,8 +148,6 @@ class Pool:
         self.conninfo = conninfo
         self.kwargs = kwargs
         self.connection_class = connection_class
-        #: what pool.connect() hands out in session mode: a subclass of connection_class
-        self._client_class = pooled_class(connection_class)
         self.policy: Policy = self._config.policy
         self.max_clients = check_max_clients(max_clients)
         self.idle_in_transaction_timeout = (
@@ -181,11 +176,17 @@ class Pool:
             for event in ClientEvent
             if self.policy.decide(ClientState.IDLE, event) is Action.REFUSE
         )
-        self._new_client_settings: tuple[Any, ...] | None = (
-            None
-            if self.policy.autocommit is None
-            else (self.policy.autocommit, *self._client_defaults()[1:])
+        #: what pool.connect() hands out: a psycopg connection, of connection_class too
+        self._client_class = pooled_class(
+            connection_class,
+            PooledConnection if self._session_clients else TransactionModeConnection,
         )
+        #: the first server connection opened: where new clients take their settings from
+        self._template: Connection[Any] | None = None
+        #: what transaction-mode clients hold between transactions (made with the template)
+        self._between: Any = None
+        #: what a closed client holds
+        self._returned: Any = RETURNED
         #: the connections handed out by getconn() and not yet given back to putconn()
         self._lent: dict[Connection[Any], Slot[Connection[Any]]] = {}
         #: the open clients (pooled connections), for max_clients and the client stats
@@ -385,11 +386,7 @@ class Pool:
         return client
 
     def _new_client(self, timeout: float | None) -> PooledConnection[Any]:
-        if self._session_clients:
-            return self._client_class._for_pool(self, timeout)
-        # transaction and statement modes still hand out the psycopg-like client (to become
-        # a psycopg connection too): typed as the one class users will get
-        return cast("PooledConnection[Any]", TransactionClient(self, timeout))
+        return self._client_class._for_pool(self, timeout)
 
     def _open_client(self, client: Client, timeout: float | None) -> None:
         """Count a new client in, and bind it if the policy binds at connect."""
@@ -407,14 +404,20 @@ class Pool:
                 self._clients.add(client)
         else:
             self._clients.add(client)
-        client._closed = client._unopened = False
-        if self._binds_on_connect:
-            try:
-                client._bind(timeout)
-            except BaseException:
-                client._closed = True
-                self._clients.discard(client)
-                raise
+        try:
+            if self._session_clients:
+                slot = client._bind(timeout)
+                client._opened(slot.conn)
+            else:
+                if self._template is None:  # no server connection yet to take settings from
+                    self._release(self._acquire(timeout))
+                client._opened(self._template)
+        except BaseException:
+            self._clients.discard(client)
+            if client._box:
+                client._closed = False
+                client.close()
+            raise
 
     def getconn(self, timeout: float | None = None) -> Connection[Any]:
         """Check out a raw psycopg connection; give it back with :meth:`putconn`
@@ -436,23 +439,23 @@ class Pool:
         self._release(slot)
 
     def _release_client(
-        self, client: PooledConnection[Any], slot: Slot[Connection[Any]]
+        self, client: PooledConnection[Any], slot: Slot[Connection[Any]], checked: bool
     ) -> None:
-        """Take back the server connection of a session-mode client that closed: whatever the
-        client changed on the server (its session, the prepared-statement settings) is undone;
-        what it changed on its own connection object goes with the object."""
+        """Take back a server connection a client let go of (``client._take_slot()`` detached
+        it): whatever the client changed on the server (its session, the prepared-statement
+        settings) is undone; what it changed on its own connection object stays there.
+        ``checked``: the caller compared the reported session parameters already."""
         conn = slot.conn
-        defaults = slot.defaults
-        detach(client, RETURNED, defaults[6])
-        restore_prepared_settings(conn, defaults[7])
-        dirty = client._dirty
-        statements = client._statements
-        if statements and not dirty and _reported_changed(slot):
+        restore_prepared_settings(conn, slot.defaults[7])
+        dirty, discard, pinned = client._dirty, client._discard, client._pinned
+        client._dirty = client._discard = client._pinned = False
+        statements, transactions = client._statements, client._transactions
+        client._statements = client._transactions = 0
+        if statements and not dirty and not checked and reported_changed(slot):
             dirty = True
-        discard = client._discard or bool(conn.pgconn.pipeline_status)
-        self._release(
-            slot, dirty, False, False, statements, client._transactions, discard
-        )
+        if conn.pgconn.pipeline_status:  # closed in a pipeline: can't be reused
+            discard = True
+        self._release(slot, dirty, False, pinned, statements, transactions, discard)
 
     def _acquire(self, timeout: float | None) -> Slot[Connection[Any]]:
         """Check out a live connection: from the idle stack, or by waiting in the queue.
@@ -612,7 +615,7 @@ class Pool:
         try:
             # a pooled connection that changed no setting has nothing to restore
             if touched or dirty:
-                _apply_settings(conn, slot.settings)
+                _restore_settings(conn, slot.settings)
         except Exception as ex:  # e.g. a transaction() block still open: can't reuse it
             logger.warning("pool %r: could not restore connection settings: %s", self.name, ex)
             return False
@@ -689,11 +692,14 @@ class Pool:
                     conn.isolation_level,
                     conn.read_only,
                     conn.deferrable,
-                    reported_parameters(conn),  # to see a session change the text hid
+                    reported_parameters(conn.pgconn),  # to see a session change the text hid
                     tuple(getattr(conn, "_notice_handlers", ())),  # the pool's (the probe's)
                     server_handlers(conn.pgconn),  # to restore when a client lets go
                     prepared_settings(conn),  # likewise
                 )
+                if self._template is None:
+                    self._template = conn
+                    self._between = BetweenTransactions(self.policy.name, conn.pgconn)
                 now = monotonic()
                 with self._lock:
                     slot = self._core.new_slot(conn, now, now - t0, retrier, generation)
@@ -760,7 +766,7 @@ class Pool:
         """Roll back the transactions of clients idle in them longer than ``limit``."""
         now = monotonic()
         for client in _snapshot(self._clients):
-            if not isinstance(client, TransactionClient):
+            if not isinstance(client, TransactionModeConnection):
                 continue  # session mode: the server's idle_in_transaction_session_timeout
             slot = client._slot
             if slot is None or now - client._guard.active_at < limit:
@@ -782,11 +788,6 @@ class Pool:
                 client._guard.release()
 
     # -- clients --------------------------------------------------------------------------------
-
-    def _client_defaults(self) -> tuple[Any, ...]:
-        """The settings a new client starts with: those of the pool's connections."""
-        kwargs = self.kwargs if isinstance(self.kwargs, Mapping) else {}
-        return (bool(kwargs.get("autocommit", False)), None, None, None)
 
     def _client_pinned(self, detail: str) -> None:
         with self._lock:
@@ -872,6 +873,20 @@ class Pool:
         with self._lock:
             self._core.reset_counters()
         return stats
+
+
+def _restore_settings(conn: Connection[Any], settings: tuple[Any, ...]) -> None:
+    """Give a connection back the settings it had when it was opened (autocommit, isolation
+    level, read-only, deferrable): a getconn() user may have changed them."""
+    autocommit, isolation_level, read_only, deferrable = settings
+    if conn.autocommit is not autocommit:
+        conn.set_autocommit(autocommit)
+    if conn.isolation_level is not isolation_level:
+        conn.set_isolation_level(isolation_level)
+    if conn.read_only is not read_only:
+        conn.set_read_only(read_only)
+    if conn.deferrable is not deferrable:
+        conn.set_deferrable(deferrable)
 
 
 def _snapshot(clients: weakref.WeakSet[Client]) -> list[Client]:

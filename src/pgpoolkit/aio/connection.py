@@ -1,4 +1,4 @@
-"""AsyncPooledConnection: what a session-mode pool hands out, a psycopg AsyncConnection.
+"""AsyncPooledConnection: what an AsyncPool hands out, a psycopg AsyncConnection.
 
 ``pgpoolkit/connection.py`` is generated from ``pgpoolkit/aio/connection.py`` by
 ``tools/async_to_sync.py``: edit the aio one.
@@ -7,12 +7,15 @@ A pooled connection is an instance of ``psycopg.AsyncConnection`` (of the pool's
 ``connection_class``, generic ``AsyncConnection[Row]`` included), so every library that takes a
 psycopg connection takes it: ``TypeInfo.fetch``, adapters, row factories, SQLAlchemy. It is a
 connection object of its own that borrows the libpq connection and the prepared statements of a
-server connection of the pool (``_psycopg.attach``), from ``connect()`` (or entering a
-``connection()`` block) until ``close()``, which gives the server connection back. What a client
+server connection of the pool (``_psycopg.attach``) while it is bound to one. What a client
 changes on its connection object (autocommit, isolation level, row and cursor factories,
 adapters, handlers, a two-phase transaction) goes with the object and never reaches the next
 client; what it changes on the server (SET, LISTEN, temporary tables...) is seen by its cursors
 (``cursor.py``) and reset before the server connection is reused.
+
+This class is session mode's: bound from ``connect()`` (or entering a ``connection()`` block)
+until ``close()``, with nothing of the pool's on the statement path but the cursors' look at
+the query. Transaction and statement modes bind per transaction: ``transaction_mode.py``.
 """
 
 from __future__ import annotations
@@ -25,18 +28,27 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import Row
 
 from .._core import Slot
-from .._psycopg import UNOPENED, attach, check_connection_ok
+from .._psycopg import (
+    RETURNED,
+    UNOPENED,
+    adopt_settings,
+    apply_prepared_settings,
+    attach,
+    check_connection_ok,
+    detach,
+    prepared_settings,
+)
 from .._session_state import (
+    HELD,
     NOT_RESETTABLE,
     PLAIN,
-    SessionChange,
     StatementInfo,
     inspect_query,
     merge_info,
 )
 from ..errors import PolicyViolation
 from ..policies import Action, ClientState, Event
-from .cursor import watched
+from .cursor import AsyncWatchedCursor, AsyncWatchedServerCursor, watched
 
 if TYPE_CHECKING:
     from .pool import AsyncPool
@@ -45,8 +57,6 @@ __all__ = ["AsyncPooledConnection", "pooled_class"]
 
 _IDLE = TransactionStatus.IDLE
 _UNKNOWN = TransactionStatus.UNKNOWN
-#: what a server-side cursor declared WITH HOLD adds to its statement
-HELD = StatementInfo(frozenset({SessionChange.HOLD_CURSOR}), False)
 
 
 class AsyncPooledConnection(AsyncConnection[Row]):
@@ -57,6 +67,10 @@ class AsyncPooledConnection(AsyncConnection[Row]):
     closed pooled connection behaves as a closed psycopg connection: any use raises
     ``OperationalError``, and its cursors can no longer run.
     """
+
+    #: what this class's cursors add to the cursor classes a user chooses (cursor.py)
+    _cursor_mixin: type = AsyncWatchedCursor
+    _server_cursor_mixin: type = AsyncWatchedServerCursor
 
     # psycopg's own attributes, plus the pool's:
     _owner: AsyncPool
@@ -69,12 +83,16 @@ class AsyncPooledConnection(AsyncConnection[Row]):
     _dirty: bool
     #: the session was changed beyond what a reset undoes (LOAD): close the server connection
     _discard: bool
+    #: prepare_threshold and prepared_max as the client set them (None: the pool's)
+    _chosen_prepared: tuple[int | None, int] | None
     _statements: int
     _transactions: int
+    #: session mode never pins: a client holds its server connection anyway
+    _pinned = False
 
     @classmethod
     def _for_pool(cls, pool: AsyncPool, timeout: float | None) -> AsyncPooledConnection[Any]:
-        """A new, unbound client of ``pool`` (the pool binds it)."""
+        """A new, unopened client of ``pool`` (``pool._open_client()`` opens it)."""
         self = cls(UNOPENED)
         self._closed = True
         self._owner = pool
@@ -82,6 +100,7 @@ class AsyncPooledConnection(AsyncConnection[Row]):
         self._timeout = timeout
         self._unopened = True
         self._dirty = self._discard = False
+        self._chosen_prepared = None
         self._statements = self._transactions = 0
         return self
 
@@ -93,7 +112,7 @@ class AsyncPooledConnection(AsyncConnection[Row]):
 
     @cursor_factory.setter
     def cursor_factory(self, factory: Any) -> None:
-        self._cursor_factory = watched(factory)
+        self._cursor_factory = watched(factory, self._cursor_mixin, self._server_cursor_mixin)
 
     @property
     def server_cursor_factory(self) -> Any:
@@ -101,9 +120,42 @@ class AsyncPooledConnection(AsyncConnection[Row]):
 
     @server_cursor_factory.setter
     def server_cursor_factory(self, factory: Any) -> None:
-        self._server_cursor_factory = watched(factory)
+        self._server_cursor_factory = watched(
+            factory, self._cursor_mixin, self._server_cursor_mixin
+        )
 
     _check_connection_ok = check_connection_ok
+
+    # -- prepared statements: the client's choice, applied to whichever server it borrows ------
+
+    @property
+    def prepare_threshold(self) -> int | None:
+        return cast("int | None", self._prepared_setting(0))
+
+    @prepare_threshold.setter
+    def prepare_threshold(self, value: int | None) -> None:
+        self._choose_prepared(0, value)
+
+    @property
+    def prepared_max(self) -> int | None:
+        return cast("int | None", self._prepared_setting(1))
+
+    @prepared_max.setter
+    def prepared_max(self, value: int | None) -> None:
+        self._choose_prepared(1, 0 if value is None else value)
+
+    def _prepared_setting(self, index: int) -> Any:
+        chosen = self._chosen_prepared
+        if chosen is not None:
+            return chosen[index]
+        return prepared_settings(self)[index]  # the server's, or psycopg's default
+
+    def _choose_prepared(self, index: int, value: Any) -> None:
+        current = self._chosen_prepared or prepared_settings(self)
+        chosen = (value, current[1]) if index == 0 else (current[0], value)
+        self._chosen_prepared = chosen
+        if self._box:
+            apply_prepared_settings(self, chosen)
 
     # -- the pool's side --------------------------------------------------------------------------
 
@@ -114,7 +166,8 @@ class AsyncPooledConnection(AsyncConnection[Row]):
 
     @property
     def state(self) -> ClientState:
-        """Where the client stands: idle (closed, or not yet opened), bound, in transaction."""
+        """Where the client stands: idle (holding no server connection), bound, in transaction,
+        or pinned."""
         if not self._box:
             return ClientState.IDLE
         if self.pgconn.transaction_status == _IDLE:
@@ -126,13 +179,24 @@ class AsyncPooledConnection(AsyncConnection[Row]):
         box = self._box
         return box[0] if box else None
 
+    def _opened(self, template: AsyncConnection[Any] | None) -> None:
+        """Counted in by the pool: take the pool's settings (from ``template``, a server
+        connection; session mode takes them from its own at its bind)."""
+        self._unopened = False
+        self._closed = False
+        if template is not None:
+            adopt_settings(self, template)
+            autocommit = self._owner.policy.autocommit
+            if autocommit is not None:
+                self._autocommit = autocommit
+
     async def _bind(self, timeout: float | None = None) -> Slot[AsyncConnection[Any]]:
         pool = self._owner
         slot = await pool._acquire(timeout)
         try:
-            attach(self, slot.conn, True)
-            if pool.policy.autocommit is not None:
-                self._autocommit = pool.policy.autocommit
+            attach(self, slot.conn)
+            if self._chosen_prepared is not None:
+                apply_prepared_settings(self, self._chosen_prepared)
         except BaseException:
             await pool._release(slot)
             raise
@@ -189,15 +253,27 @@ class AsyncPooledConnection(AsyncConnection[Row]):
     async def close(self) -> None:
         """Give the server connection back to the pool (rolled back if a transaction is open,
         reset if the session was changed). Closing twice does nothing."""
-        try:
-            slot = self._box.pop()
-        except IndexError:  # closed already, or never opened
+        if self._closed:
             return
         self._closed = True
+        pool = self._owner
         try:
-            await self._owner._release_client(self, slot)
+            slot = self._take_slot(RETURNED)
+            if slot is not None:
+                await pool._release_client(self, slot, False)
         finally:
-            self._owner._clients.discard(self)
+            pool._clients.discard(self)
+
+    def _take_slot(self, standin: Any) -> Slot[AsyncConnection[Any]] | None:
+        """Claim the bound server connection (one pop: whichever thread claims it first) and
+        leave ``standin`` in its place."""
+        try:
+            slot = self._box.pop()
+        except IndexError:
+            self.pgconn = standin
+            return None
+        detach(self, standin, slot.defaults[6])
+        return slot
 
     async def __aenter__(self) -> AsyncPooledConnection[Row]:
         if self._unopened:  # pool.connection(): open for the block
@@ -212,10 +288,10 @@ class AsyncPooledConnection(AsyncConnection[Row]):
     ) -> None:
         """As psycopg: commit if the block succeeded, roll back if it raised; then close (the
         pool rolls back what is still open)."""
-        if not self._box:
+        if self._closed:
             return
         try:
-            if exc_type is None:
+            if exc_type is None and self._box:
                 status = self.pgconn.transaction_status
                 if status != _IDLE and status != _UNKNOWN:
                     await self.commit()
@@ -233,28 +309,30 @@ class AsyncPooledConnection(AsyncConnection[Row]):
         # dropped without close(): the pool takes the server connection back all the same
         box = getattr(self, "_box", None)
         if box:
-            self._owner._client_lost(box[0], False)
+            self._owner._client_lost(box[0], self._pinned)
 
 
+_pooled_classes: dict[tuple[type, type], type[AsyncPooledConnection[Any]]] = {}
 
-_pooled_classes: dict[type, type[AsyncPooledConnection[Any]]] = {}
 
-
-def pooled_class(connection_class: Any) -> type[AsyncPooledConnection[Any]]:
-    """The class of a pool's pooled connections: AsyncPooledConnection mixed with the pool's
-    ``connection_class`` (a subclass of AsyncConnection, or a generic alias of one such as
-    ``AsyncConnection[DictRow]``), so that they are instances of both."""
+def pooled_class(
+    connection_class: Any, mode_class: type[AsyncPooledConnection[Any]] = AsyncPooledConnection
+) -> type[AsyncPooledConnection[Any]]:
+    """The class of a pool's pooled connections: ``mode_class`` (AsyncPooledConnection, or its
+    transaction-mode subclass) mixed with the pool's ``connection_class`` (a subclass of
+    AsyncConnection, or a generic alias of one such as ``AsyncConnection[DictRow]``), so that
+    they are instances of both."""
     base = get_origin(connection_class) or connection_class
-    if base is AsyncConnection:
-        return AsyncPooledConnection
+    if base is AsyncConnection or issubclass(mode_class, base):
+        return mode_class
     if issubclass(base, AsyncPooledConnection):
         return cast("type[AsyncPooledConnection[Any]]", base)
-    cls = _pooled_classes.get(base)
+    cls = _pooled_classes.get((base, mode_class))
     if cls is None:
         cls = type(
             f"Pooled{base.__name__}",
-            (AsyncPooledConnection, base),
+            (mode_class, base),
             {"__module__": base.__module__, "__qualname__": f"Pooled{base.__qualname__}"},
         )
-        _pooled_classes[base] = cls
+        _pooled_classes[base, mode_class] = cls
     return cls

@@ -14,22 +14,34 @@ a query seen before that is one lookup in a cache per query text.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from psycopg import AsyncServerCursor
+
+from .._psycopg import close_locally, cursor_pgconn, forget_declared, point_at
+from .._session_state import HELD, inspect_query, merge_info
+from ..errors import PolicyViolation
 
 if TYPE_CHECKING:
     from psycopg import AsyncCursor
     from psycopg.abc import Params, Query
 
     from .connection import AsyncPooledConnection
+    from .transaction_mode import AsyncTransactionModeConnection
 
     _CursorBase = AsyncCursor[Any]
     _ServerCursorBase = AsyncServerCursor[Any]
 else:
     _CursorBase = _ServerCursorBase = object
 
-__all__ = ["AsyncWatchedCursor", "AsyncWatchedServerCursor", "watched"]
+__all__ = [
+    "AsyncBindingCursor",
+    "AsyncBindingServerCursor",
+    "AsyncWatchedCursor",
+    "AsyncWatchedServerCursor",
+    "watched",
+]
 
 C = TypeVar("C")
 
@@ -72,20 +84,141 @@ class AsyncWatchedServerCursor(_ServerCursorBase):
         return await super().execute(query, params, **kwargs)
 
 
-_watched: dict[type, type] = {}
+class AsyncBindingCursor(_CursorBase):
+    """Mixed into a client-side cursor class in transaction and statement modes: each query
+    takes a server connection for the client first (if it holds none), runs on it, and lets
+    the client give it back when the server reports the transaction over. ``stream()`` and
+    ``copy()`` keep it for their iteration or block. The cursor's results stay readable after."""
+
+    __slots__ = ()
+    _conn: AsyncTransactionModeConnection[Any]
+
+    async def execute(self, query: Any, params: Params | None = None, **kwargs: Any) -> Any:
+        conn = self._conn
+        await conn._use(inspect_query(query))
+        try:
+            point_at(self, conn.pgconn)
+            return await super().execute(query, params, **kwargs)
+        finally:
+            await conn._done()
+
+    async def executemany(self, query: Query, params_seq: Any, **kwargs: Any) -> None:
+        conn = self._conn
+        await conn._use(inspect_query(query))
+        try:
+            point_at(self, conn.pgconn)
+            await super().executemany(query, params_seq, **kwargs)
+        finally:
+            await conn._done()
+
+    async def stream(
+        self, query: Query, params: Params | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        conn = self._conn
+        await conn._use(inspect_query(query))
+        conn._hold(1)
+        try:
+            point_at(self, conn.pgconn)
+            async for row in super().stream(query, params, **kwargs):
+                yield row
+        finally:
+            conn._hold(-1)
+            await conn._done()
+
+    @asynccontextmanager
+    async def copy(
+        self, statement: Query, params: Params | None = None, **kwargs: Any
+    ) -> AsyncIterator[Any]:
+        conn = self._conn
+        await conn._use(inspect_query(statement))
+        conn._hold(1)
+        try:
+            point_at(self, conn.pgconn)
+            async with super().copy(statement, params, **kwargs) as copy:
+                yield copy
+        finally:
+            conn._hold(-1)
+            await conn._done()
 
 
-def watched(factory: C) -> C:
-    """The watched subclass of a cursor class (made once per class; same name and module, so
-    that it shows as the class the user chose). Anything but a class is left as it is."""
+class AsyncBindingServerCursor(_ServerCursorBase):
+    """Mixed into a server-side cursor class in transaction and statement modes. A named
+    cursor lives in its transaction, on one server connection: it is read while the client
+    holds that connection, and reading it after the transaction ended raises PolicyViolation
+    instead of touching a server connection another client may hold now. Executed again, it
+    is declared anew on whichever server connection the client holds then."""
+
+    __slots__ = ()
+    _conn: AsyncTransactionModeConnection[Any]
+
+    async def execute(self, query: Any, params: Params | None = None, **kwargs: Any) -> Any:
+        conn = self._conn
+        info = inspect_query(query)
+        if self.withhold:
+            info = merge_info(info, HELD)
+        await conn._use(info)
+        try:
+            if cursor_pgconn(self) is not conn.pgconn:
+                forget_declared(self)  # it went with the transaction that declared it
+                point_at(self, conn.pgconn)
+            return await super().execute(query, params, **kwargs)
+        finally:
+            await conn._done()
+
+    def _check_alive(self) -> None:
+        conn = self._conn
+        if not conn._box or cursor_pgconn(self) is not conn.pgconn:
+            conn._check_connection_ok()  # closed: psycopg's error
+            raise PolicyViolation(
+                f"{conn._owner.policy.name} pooling mode: the server-side cursor "
+                f"{self.name!r} went with the transaction that declared it (the client gave "
+                "its server connection back): read it inside that transaction, or declare "
+                "it withhold=True, which pins the client to its server connection"
+            )
+
+    async def fetchone(self) -> Any:
+        self._check_alive()
+        return await super().fetchone()
+
+    async def fetchmany(self, size: int = 0) -> list[Any]:
+        self._check_alive()
+        return await super().fetchmany(size)
+
+    async def fetchall(self) -> list[Any]:
+        self._check_alive()
+        return await super().fetchall()
+
+    async def scroll(self, value: int, mode: str = "relative") -> None:
+        self._check_alive()
+        await super().scroll(value, mode)
+
+    async def __anext__(self) -> Any:
+        self._check_alive()
+        return await super().__anext__()
+
+    async def close(self) -> None:
+        conn = self._conn
+        if not conn._box or cursor_pgconn(self) is not conn.pgconn:
+            close_locally(self)  # nothing left on any server connection the client holds
+            return
+        await super().close()
+
+
+_watched: dict[tuple[type, type], type] = {}
+
+
+def watched(factory: C, mixin: type, server_mixin: type) -> C:
+    """The watched subclass of a cursor class: ``mixin`` (``server_mixin`` for a server-side
+    cursor class) mixed in, made once per class and mixin, with the same name and module, so
+    that it shows as the class the user chose. Anything but a class is left as it is."""
     if not isinstance(factory, type):
         return factory
-    cls = _watched.get(factory)
+    if issubclass(factory, AsyncServerCursor):
+        mixin = server_mixin
+    if issubclass(factory, mixin):
+        return factory
+    cls = _watched.get((factory, mixin))
     if cls is None:
-        if issubclass(factory, (AsyncWatchedCursor, AsyncWatchedServerCursor)):
-            return factory
-        server_side = issubclass(factory, AsyncServerCursor)
-        mixin = AsyncWatchedServerCursor if server_side else AsyncWatchedCursor
         cls = type(
             factory.__name__,
             (mixin, factory),
@@ -95,5 +228,5 @@ def watched(factory: C) -> C:
                 "__qualname__": factory.__qualname__,
             },
         )
-        _watched[factory] = cls
+        _watched[factory, mixin] = cls
     return cls  # type: ignore[return-value]

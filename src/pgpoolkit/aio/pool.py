@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from inspect import isawaitable  # async-only
 from time import monotonic
 from types import TracebackType
-from typing import Any, cast
+from typing import Any
 
 from psycopg import AsyncConnection  # sync: from psycopg import Connection
 from psycopg import errors as e
@@ -46,10 +46,12 @@ from .._core import PoolCore, Slot, check_max_clients
 from .._probe import is_alive, make_probe
 from .._psycopg import (
     RETURNED,
-    detach,
+    BetweenTransactions,
     drop_client_handlers,
     forget_prepared,
     prepared_settings,
+    reported_changed,
+    reported_parameters,
     restore_prepared_settings,
     server_handlers,
 )
@@ -58,12 +60,7 @@ from ..policies import Action, ClientState, Policy
 from ..policies import Event as ClientEvent
 from ..stats import PoolStats
 from .connection import AsyncPooledConnection, pooled_class
-from .transaction_client import (
-    AsyncTransactionClient,
-    _apply_settings,
-    _reported_changed,
-    reported_parameters,
-)
+from .transaction_mode import AsyncTransactionModeConnection
 
 __all__ = ["AsyncPool"]
 
@@ -83,7 +80,7 @@ _INERROR = TransactionStatus.INERROR
 #: configure, check and reset: called with a connection (coroutine functions in AsyncPool)
 ConnectionCallback = Callable[[AsyncConnection[Any]], Awaitable[None]]
 #: a client of the pool: a pooled connection (session mode) or a transaction-mode client
-Client = AsyncPooledConnection[Any] | AsyncTransactionClient
+Client = AsyncPooledConnection[Any]
 #: reconnect_failed: called with the pool (a function or a coroutine function in AsyncPool)
 ReconnectFailedCallback = Callable[["AsyncPool"], Any]
 
@@ -155,8 +152,6 @@ class AsyncPool:
         self.conninfo = conninfo
         self.kwargs = kwargs
         self.connection_class = connection_class
-        #: what pool.connect() hands out in session mode: a subclass of connection_class
-        self._client_class = pooled_class(connection_class)
         self.policy: Policy = self._config.policy
         self.max_clients = check_max_clients(max_clients)
         self.idle_in_transaction_timeout = (
@@ -185,11 +180,17 @@ class AsyncPool:
             for event in ClientEvent
             if self.policy.decide(ClientState.IDLE, event) is Action.REFUSE
         )
-        self._new_client_settings: tuple[Any, ...] | None = (
-            None
-            if self.policy.autocommit is None
-            else (self.policy.autocommit, *self._client_defaults()[1:])
+        #: what pool.connect() hands out: a psycopg connection, of connection_class too
+        self._client_class = pooled_class(
+            connection_class,
+            AsyncPooledConnection if self._session_clients else AsyncTransactionModeConnection,
         )
+        #: the first server connection opened: where new clients take their settings from
+        self._template: AsyncConnection[Any] | None = None
+        #: what transaction-mode clients hold between transactions (made with the template)
+        self._between: Any = None
+        #: what a closed client holds
+        self._returned: Any = RETURNED
         #: the connections handed out by getconn() and not yet given back to putconn()
         self._lent: dict[AsyncConnection[Any], Slot[AsyncConnection[Any]]] = {}
         #: the open clients (pooled connections), for max_clients and the client stats
@@ -390,11 +391,7 @@ class AsyncPool:
         return client
 
     def _new_client(self, timeout: float | None) -> AsyncPooledConnection[Any]:
-        if self._session_clients:
-            return self._client_class._for_pool(self, timeout)
-        # transaction and statement modes still hand out the psycopg-like client (to become
-        # a psycopg connection too): typed as the one class users will get
-        return cast("AsyncPooledConnection[Any]", AsyncTransactionClient(self, timeout))
+        return self._client_class._for_pool(self, timeout)
 
     async def _open_client(self, client: Client, timeout: float | None) -> None:
         """Count a new client in, and bind it if the policy binds at connect."""
@@ -412,14 +409,20 @@ class AsyncPool:
                 self._clients.add(client)
         else:
             self._clients.add(client)
-        client._closed = client._unopened = False
-        if self._binds_on_connect:
-            try:
-                await client._bind(timeout)
-            except BaseException:
-                client._closed = True
-                self._clients.discard(client)
-                raise
+        try:
+            if self._session_clients:
+                slot = await client._bind(timeout)
+                client._opened(slot.conn)
+            else:
+                if self._template is None:  # no server connection yet to take settings from
+                    await self._release(await self._acquire(timeout))
+                client._opened(self._template)
+        except BaseException:
+            self._clients.discard(client)
+            if client._box:
+                client._closed = False
+                await client.close()
+            raise
 
     async def getconn(self, timeout: float | None = None) -> AsyncConnection[Any]:
         """Check out a raw psycopg connection; give it back with :meth:`putconn`
@@ -441,23 +444,23 @@ class AsyncPool:
         await self._release(slot)
 
     async def _release_client(
-        self, client: AsyncPooledConnection[Any], slot: Slot[AsyncConnection[Any]]
+        self, client: AsyncPooledConnection[Any], slot: Slot[AsyncConnection[Any]], checked: bool
     ) -> None:
-        """Take back the server connection of a session-mode client that closed: whatever the
-        client changed on the server (its session, the prepared-statement settings) is undone;
-        what it changed on its own connection object goes with the object."""
+        """Take back a server connection a client let go of (``client._take_slot()`` detached
+        it): whatever the client changed on the server (its session, the prepared-statement
+        settings) is undone; what it changed on its own connection object stays there.
+        ``checked``: the caller compared the reported session parameters already."""
         conn = slot.conn
-        defaults = slot.defaults
-        detach(client, RETURNED, defaults[6])
-        restore_prepared_settings(conn, defaults[7])
-        dirty = client._dirty
-        statements = client._statements
-        if statements and not dirty and _reported_changed(slot):
+        restore_prepared_settings(conn, slot.defaults[7])
+        dirty, discard, pinned = client._dirty, client._discard, client._pinned
+        client._dirty = client._discard = client._pinned = False
+        statements, transactions = client._statements, client._transactions
+        client._statements = client._transactions = 0
+        if statements and not dirty and not checked and reported_changed(slot):
             dirty = True
-        discard = client._discard or bool(conn.pgconn.pipeline_status)
-        await self._release(
-            slot, dirty, False, False, statements, client._transactions, discard
-        )
+        if conn.pgconn.pipeline_status:  # closed in a pipeline: can't be reused
+            discard = True
+        await self._release(slot, dirty, False, pinned, statements, transactions, discard)
 
     async def _acquire(self, timeout: float | None) -> Slot[AsyncConnection[Any]]:
         """Check out a live connection: from the idle stack, or by waiting in the queue.
@@ -617,7 +620,7 @@ class AsyncPool:
         try:
             # a pooled connection that changed no setting has nothing to restore
             if touched or dirty:
-                await _apply_settings(conn, slot.settings)
+                await _restore_settings(conn, slot.settings)
         except Exception as ex:  # e.g. a transaction() block still open: can't reuse it
             logger.warning("pool %r: could not restore connection settings: %s", self.name, ex)
             return False
@@ -694,11 +697,14 @@ class AsyncPool:
                     conn.isolation_level,
                     conn.read_only,
                     conn.deferrable,
-                    reported_parameters(conn),  # to see a session change the text hid
+                    reported_parameters(conn.pgconn),  # to see a session change the text hid
                     tuple(getattr(conn, "_notice_handlers", ())),  # the pool's (the probe's)
                     server_handlers(conn.pgconn),  # to restore when a client lets go
                     prepared_settings(conn),  # likewise
                 )
+                if self._template is None:
+                    self._template = conn
+                    self._between = BetweenTransactions(self.policy.name, conn.pgconn)
                 now = monotonic()
                 with self._lock:
                     slot = self._core.new_slot(conn, now, now - t0, retrier, generation)
@@ -767,7 +773,7 @@ class AsyncPool:
         """Roll back the transactions of clients idle in them longer than ``limit``."""
         now = monotonic()
         for client in _snapshot(self._clients):
-            if not isinstance(client, AsyncTransactionClient):
+            if not isinstance(client, AsyncTransactionModeConnection):
                 continue  # session mode: the server's idle_in_transaction_session_timeout
             slot = client._slot
             if slot is None or now - client._guard.active_at < limit:
@@ -789,11 +795,6 @@ class AsyncPool:
                 client._guard.release()
 
     # -- clients --------------------------------------------------------------------------------
-
-    def _client_defaults(self) -> tuple[Any, ...]:
-        """The settings a new client starts with: those of the pool's connections."""
-        kwargs = self.kwargs if isinstance(self.kwargs, Mapping) else {}
-        return (bool(kwargs.get("autocommit", False)), None, None, None)
 
     def _client_pinned(self, detail: str) -> None:
         with self._lock:
@@ -879,6 +880,20 @@ class AsyncPool:
         with self._lock:
             self._core.reset_counters()
         return stats
+
+
+async def _restore_settings(conn: AsyncConnection[Any], settings: tuple[Any, ...]) -> None:
+    """Give a connection back the settings it had when it was opened (autocommit, isolation
+    level, read-only, deferrable): a getconn() user may have changed them."""
+    autocommit, isolation_level, read_only, deferrable = settings
+    if conn.autocommit is not autocommit:
+        await conn.set_autocommit(autocommit)
+    if conn.isolation_level is not isolation_level:
+        await conn.set_isolation_level(isolation_level)
+    if conn.read_only is not read_only:
+        await conn.set_read_only(read_only)
+    if conn.deferrable is not deferrable:
+        await conn.set_deferrable(deferrable)
 
 
 def _snapshot(clients: weakref.WeakSet[Client]) -> list[Client]:

@@ -1,0 +1,369 @@
+# WARNING: generated from pgpoolkit/aio/transaction_mode.py by tools/async_to_sync.py:
+# edit the source, not this file.
+"""TransactionModeConnection: a pooled connection that borrows a server connection per
+transaction (transaction mode) or per statement (statement mode).
+
+``pgpoolkit/transaction_mode.py`` is generated from ``pgpoolkit/aio/transaction_mode.py`` by
+``tools/async_to_sync.py``: edit the aio one.
+
+Still a psycopg Connection (``connection.py``): between transactions it holds a stand-in
+libpq connection (``_psycopg.BetweenTransactions``) that psycopg sees as open and idle, and
+that raises ``PolicyViolation`` for anything that needs a server. Before a statement, a
+``transaction()`` or ``pipeline()`` block or a two-phase transaction, the client asks its policy
+(``policies.py``) and binds to a server connection of the pool; after it, when the server
+reports no transaction open (PgBouncer's release rule) and nothing else holds it (another
+thread's statement, a block, a stream or COPY, a pin), it gives it back. A statement that
+changes session state pins the client to its server connection, or is refused, as the policy
+says. psycopg's cursors read their libpq connection at creation: the cursors of this class
+(``cursor.py``) point theirs at the client's current one at every execute, and every I/O of
+psycopg goes through ``wait()``, which refuses to run while the client holds no server
+connection, so that no cursor runs on a server connection its client gave back.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, cast
+
+from psycopg import Connection
+from psycopg.abc import PQGen
+from psycopg.pq import TransactionStatus
+from psycopg.rows import Row
+
+from ._acompat import NO_GUARD, BindLock, Guard, Lock, NoGuard
+from ._psycopg import forget_transaction_blocks, reported_changed, run_setting
+from ._session_state import NOT_RESETTABLE, PLAIN, StatementInfo
+from .connection import PooledConnection
+from .cursor import BindingCursor, BindingServerCursor
+from .errors import IdleInTransactionTimeout, PolicyViolation
+from .policies import Action, ClientState, Event
+
+if TYPE_CHECKING:
+    from .pool import Pool
+
+__all__ = ["TransactionModeConnection"]
+
+logger = logging.getLogger("pgpoolkit")
+
+_IDLE = TransactionStatus.IDLE
+
+
+class TransactionModeConnection(PooledConnection[Row]):
+    """A pooled connection of a transaction- or statement-mode :class:`Pool`."""
+
+    _cursor_mixin = BindingCursor
+    _server_cursor_mixin = BindingServerCursor
+
+    #: the client changed session state: it keeps its server connection until it closes
+    _pinned: bool
+    #: open blocks, streams and COPYs that keep the server connection
+    _holds: int
+    #: statements under way on the server connection (threads or tasks sharing the client)
+    _users: int
+    #: protects _users, _holds and the bound slot between threads (never held across I/O)
+    _state_lock: Any
+    #: one binder at a time (held while the pool is waited for)
+    _bind_lock: Any
+    #: held while the client runs something: the pool's idle_in_transaction_timeout only takes
+    #: a transaction from a client that runs nothing
+    _guard: Guard | NoGuard
+    #: why the client lost its transaction (idle_in_transaction_timeout), for its next use
+    _aborted: str | None
+    #: the blocks open when it was lost: each raises at its exit, the last one clears _aborted
+    _aborted_holds: int
+
+    @classmethod
+    def _for_pool(cls, pool: Pool, timeout: float | None) -> PooledConnection[Any]:
+        self = super()._for_pool(pool, timeout)
+        assert isinstance(self, TransactionModeConnection)
+        self._pinned = False
+        self._holds = self._users = 0
+        self._state_lock = Lock()
+        self._bind_lock = BindLock()
+        self._guard = Guard() if pool.idle_in_transaction_timeout else NO_GUARD
+        self._aborted = None
+        self._aborted_holds = 0
+        return self
+
+    def _opened(self, template: Connection[Any] | None) -> None:
+        super()._opened(template)
+        self.pgconn = self._owner._between
+
+    @property
+    def state(self) -> ClientState:
+        if self._pinned:
+            return ClientState.PINNED
+        return super().state
+
+    # -- binding per transaction ------------------------------------------------------------------
+
+    def _enter(self) -> None:
+        """Start an operation: the guard, and the news of a transaction taken away."""
+        if self._closed:
+            self._check_connection_ok()  # raises psycopg's "closed"
+        self._guard.acquire()
+        message = self._aborted
+        if message is not None:
+            if not self._aborted_holds:  # raised once; the blocks' exits raise it too
+                self._aborted = None
+            self._guard.release()
+            raise IdleInTransactionTimeout(message)
+
+    def _use(
+        self, info: StatementInfo = PLAIN, event: Event = Event.STATEMENT, detail: str = ""
+    ) -> None:
+        """Before running ``info`` on the server: ask the policy, and bind if holding no server
+        connection. The caller ends with ``_done()``, whatever happens."""
+        self._enter()
+        with self._state_lock:
+            self._users += 1
+        try:
+            if info is not PLAIN:
+                if info.begins:
+                    self._on(Event.BEGIN, "an explicit BEGIN")
+                if info.changes:
+                    self._on(Event.SESSION_STATE, info.detail)
+                    if info.changes & NOT_RESETTABLE:
+                        self._discard = True
+            if not self._box:
+                pool = self._owner
+                if event in pool._refused_when_idle:
+                    raise PolicyViolation(pool.policy.refusal(event, detail))
+                self._bind_once()
+        except BaseException:
+            self._done(False)
+            raise
+
+    def _use_bound(self) -> bool:
+        """Start an operation that needs no server connection unless one is held (commit,
+        rollback); False (and nothing to end) if the client holds none."""
+        self._enter()
+        with self._state_lock:
+            if self._box:
+                self._users += 1
+                return True
+        self._guard.release()
+        return False
+
+    def _bind_once(self) -> None:
+        with self._bind_lock:  # another thread or task of this client may be binding
+            if not self._box:
+                self._bind()
+
+    def _on(self, event: Event, detail: str) -> None:
+        policy = self._owner.policy
+        action = policy.decide(self.state, event, detail)
+        if action is Action.REFUSE:
+            raise PolicyViolation(policy.refusal(event, detail))
+        if action is Action.RESET:
+            self._dirty = True
+        elif action is Action.PIN and not self._pinned:
+            if not self._box:
+                self._bind_once()
+            self._pinned = self._dirty = True
+            self._owner._client_pinned(detail)
+
+    def _hold(self, delta: int) -> None:
+        with self._state_lock:
+            self._holds += delta
+
+    def _done(self, ran: bool = True) -> None:
+        """After a statement, commit or rollback (``ran``), or a block's end: count it, and
+        give the server connection back if the server reports the transaction over and
+        nothing else holds it."""
+        try:
+            slot = None
+            pool = self._owner
+            with self._state_lock:
+                self._users -= 1
+                if self._box:
+                    idle = self.pgconn.transaction_status == _IDLE
+                    if ran:
+                        self._statements += 1
+                        if idle:
+                            self._transactions += 1
+                    if (
+                        idle
+                        and not self._users
+                        and not self._holds
+                        and not self._pinned
+                        and pool._releases_when_idle
+                        and (self._dirty or not reported_changed(self._box[0])
+                             or not self._unseen_session_change())
+                    ):
+                        slot = self._take_slot(pool._between)
+            if slot is not None:
+                pool._release_client(self, slot, True)
+        finally:
+            self._guard.release()
+
+    def _unseen_session_change(self) -> bool:
+        """The server reported a session parameter changing, which no statement's text
+        showed (a function calling set_config, SET ROLE in a DO block): the policy decides as
+        for any session state change, except that it is too late to refuse it; whatever it
+        decides, the change is reset before another client gets the server connection.
+        True if the client is pinned now."""
+        detail = "a session parameter changed, as the server reported"
+        policy = self._owner.policy
+        action = policy.decide(self.state, Event.SESSION_STATE, detail)
+        self._dirty = True
+        if action is Action.PIN:
+            self._pinned = True
+            self._owner._client_pinned(detail)
+            return True
+        if action is Action.REFUSE:
+            logger.warning(
+                "pool %r: %s; it already ran: the session is reset now",
+                self._owner.name,
+                policy.refusal(Event.SESSION_STATE, detail),
+            )
+        return False
+
+    def _abort_transaction(self, message: str) -> None:
+        """Take the transaction away from a client idle in it too long (the pool's
+        idle_in_transaction_timeout; the caller holds the guard): rolled back, the server
+        connection released (kept if pinned), and the client told at its next use."""
+        self._aborted = message
+        self._aborted_holds = self._holds
+        forget_transaction_blocks(self)
+        pool = self._owner
+        with self._state_lock:
+            slot = self._box[0] if self._box else None
+            if slot is None:
+                return
+            if not self._pinned:
+                self._holds = 0
+                slot = self._take_slot(pool._between)
+        if not self._pinned:
+            if slot is not None:
+                pool._release_client(self, slot, False)
+            return
+        assert slot is not None
+        try:
+            slot.conn.rollback()
+        except Exception:  # a COPY or pipeline under way: the connection must go
+            with self._state_lock:
+                self._holds = 0
+                self._dirty = True
+                slot = self._take_slot(pool._between)
+            if slot is not None:
+                pool._release_client(self, slot, False)
+
+    # -- what needs a server connection -----------------------------------------------------------
+
+    def wait(self, gen: PQGen[Any], interval: float = 0.1, timeout: float | None = None
+                   ) -> Any:
+        if self._aborted_holds and self._aborted is not None:
+            gen.close()  # a block whose transaction was taken away: it ends with the news
+            raise IdleInTransactionTimeout(self._aborted)
+        if not self._box:  # every I/O of psycopg passes here: none without a server connection
+            done, value = run_setting(gen)  # autocommit = ...: no I/O between transactions
+            if done:
+                return value
+            gen.close()
+            cast(Any, self.pgconn).refuse()  # raises: closed, or between transactions
+        return super().wait(gen, interval, timeout)
+
+    def commit(self) -> None:
+        if self._use_bound():
+            try:
+                super(PooledConnection, self).commit()  # not its counting
+            finally:
+                self._done()
+
+    def rollback(self) -> None:
+        if self._use_bound():
+            try:
+                super(PooledConnection, self).rollback()
+            finally:
+                self._done()
+
+    @contextmanager
+    def transaction(
+        self, savepoint_name: str | None = None, force_rollback: bool = False
+    ) -> Iterator[Any]:
+        """A transaction block (a savepoint if one is already open): the client holds its
+        server connection for the block."""
+        self._refuse_begin("transaction()")
+        self._use(PLAIN, Event.BEGIN, "transaction()")
+        with self._holding(), super(PooledConnection, self).transaction(
+            savepoint_name, force_rollback
+        ) as tx:
+            self._guard.release()  # idle inside the block counts as idle in transaction
+            try:
+                yield tx
+            finally:
+                self._guard.acquire()
+
+    @contextmanager
+    def pipeline(self) -> Iterator[Any]:
+        """A pipeline block: the client holds its server connection for the block."""
+        self._use()
+        with self._holding(), super().pipeline() as pipeline:
+            self._guard.release()
+            try:
+                yield pipeline
+            finally:
+                self._guard.acquire()
+
+    @contextmanager
+    def _holding(self) -> Iterator[None]:
+        """Keep the server connection bound by ``_use()`` until the block ends."""
+        self._hold(1)
+        try:
+            yield
+        finally:
+            self._hold(-1)
+            if self._aborted_holds:
+                self._aborted_holds -= 1
+                if not self._aborted_holds:
+                    self._aborted = None
+            self._done()  # the block's COMMIT (or ROLLBACK) counts as a statement
+
+    def tpc_begin(self, xid: Any) -> None:
+        """Begin a two-phase transaction: the client holds its server connection until it is
+        prepared, committed or rolled back."""
+        self._refuse_begin("tpc_begin()")
+        self._use(PLAIN, Event.BEGIN, "tpc_begin()")
+        try:
+            super().tpc_begin(xid)
+            self._hold(1)
+        finally:
+            self._done(False)
+
+    def tpc_prepare(self) -> None:
+        self._use()
+        try:
+            super().tpc_prepare()
+            self._hold(-1)
+        finally:
+            self._done()
+
+    def tpc_commit(self, xid: Any = None) -> None:
+        self._tpc_end(xid, True)
+
+    def tpc_rollback(self, xid: Any = None) -> None:
+        self._tpc_end(xid, False)
+
+    def _tpc_end(self, xid: Any, commit: bool) -> None:
+        held = self._tpc is not None and not self._tpc[1]  # begun, not prepared: held
+        self._use()
+        try:
+            if commit:
+                super().tpc_commit(xid)
+            else:
+                super().tpc_rollback(xid)
+            if held:
+                self._hold(-1)
+        finally:
+            self._done()
+
+    def cancel_safe(self, timeout: float = 30.0) -> None:
+        if self._box:  # holding no server connection, the client runs nothing to cancel
+            super().cancel_safe(timeout=timeout)
+
+    def cancel(self) -> None:
+        if self._box:
+            super().cancel()
