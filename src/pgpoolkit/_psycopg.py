@@ -33,6 +33,8 @@ __all__ = [
     "attach",
     "check_connection_ok",
     "close_locally",
+    "mark_closed",
+    "tpc_begun",
     "cursor_pgconn",
     "detach",
     "drop_client_handlers",
@@ -182,14 +184,26 @@ def reported_changed(slot: Any) -> bool:
         return False
 
 
-def adopt_settings(client: BaseConnection[Any], template: BaseConnection[Any]) -> None:
+def mark_closed(conn: BaseConnection[Any], closed: bool) -> None:
+    """psycopg's "closed by close()" flag, which tells ``closed`` from ``broken``."""
+    conn._closed = closed
+
+
+def tpc_begun(conn: BaseConnection[Any]) -> bool:
+    """A two-phase transaction was begun and not prepared yet."""
+    return conn._tpc is not None and not conn._tpc[1]
+
+
+def adopt_settings(
+    client: BaseConnection[Any], template: BaseConnection[Any], autocommit: bool | None
+) -> None:
     """Give a new client the settings, factories and adapters of a server connection (those
-    the pool's ``kwargs`` and ``configure`` gave it): its starting point. What the client
-    changes after that is its own."""
+    the pool's ``kwargs`` and ``configure`` gave it; ``autocommit``, if not None, the
+    policy's): its starting point. What the client changes after that is its own."""
     client.row_factory = template.row_factory  # type: ignore[attr-defined]
     client.cursor_factory = template.cursor_factory  # type: ignore[attr-defined]
     client.server_cursor_factory = template.server_cursor_factory  # type: ignore[attr-defined]
-    client._autocommit = template._autocommit
+    client._autocommit = template._autocommit if autocommit is None else autocommit
     client._isolation_level = template._isolation_level
     client._read_only = template._read_only
     client._deferrable = template._deferrable
@@ -204,9 +218,14 @@ def attach(client: BaseConnection[Any], server: BaseConnection[Any]) -> None:
     pgconn = server.pgconn
     client.pgconn = pgconn
     client._prepared = server._prepared
-    wself = ref(client)
-    pgconn.notice_handler = partial(BaseConnection._notice_handler, wself)
-    pgconn.notify_handler = partial(BaseConnection._notify_handler, wself)
+    handlers = client.__dict__.get("_pgpoolkit_handlers")
+    if handlers is None:  # made once per client, as psycopg makes them once per connection
+        wself = ref(client)
+        handlers = client._pgpoolkit_handlers = (  # type: ignore[attr-defined]
+            partial(BaseConnection._notice_handler, wself),
+            partial(BaseConnection._notify_handler, wself),
+        )
+    pgconn.notice_handler, pgconn.notify_handler = handlers
 
 
 def detach(client: BaseConnection[Any], standin: Any, handlers: tuple[Any, Any]) -> None:

@@ -38,6 +38,7 @@ from ._psycopg import (
     attach,
     check_connection_ok,
     detach,
+    mark_closed,
     prepared_settings,
 )
 from ._session_state import (
@@ -81,6 +82,8 @@ class PooledConnection(Connection[Row]):
     _timeout: float | None
     #: made by pool.connection(), not opened yet: it opens on entering its block
     _unopened: bool
+    #: closed: its server connection went back to the pool for good
+    _released: bool
     #: the session was changed (SET, LISTEN...): reset it when the server connection goes back
     _dirty: bool
     #: the session was changed beyond what a reset undoes (LOAD): close the server connection
@@ -96,7 +99,8 @@ class PooledConnection(Connection[Row]):
     def _for_pool(cls, pool: Pool, timeout: float | None) -> PooledConnection[Any]:
         """A new, unopened client of ``pool`` (``pool._open_client()`` opens it)."""
         self = cls(UNOPENED)
-        self._closed = True
+        mark_closed(self, True)  # not "broken": closed until opened
+        self._released = False
         self._owner = pool
         self._box = []
         self._timeout = timeout
@@ -185,12 +189,9 @@ class PooledConnection(Connection[Row]):
         """Counted in by the pool: take the pool's settings (from ``template``, a server
         connection; session mode takes them from its own at its bind)."""
         self._unopened = False
-        self._closed = False
+        mark_closed(self, False)
         if template is not None:
-            adopt_settings(self, template)
-            autocommit = self._owner.policy.autocommit
-            if autocommit is not None:
-                self._autocommit = autocommit
+            adopt_settings(self, template, self._owner.policy.autocommit)
 
     def _bind(self, timeout: float | None = None) -> Slot[Connection[Any]]:
         pool = self._owner
@@ -209,7 +210,7 @@ class PooledConnection(Connection[Row]):
         """A statement is about to run (called by the cursors): count it, and note the session
         state it changes (or refuse it, if the policy says so)."""
         self._statements += 1
-        if self._autocommit:
+        if self.autocommit:
             self._transactions += 1
         info = inspect_query(query)
         if info is not PLAIN or held:
@@ -255,9 +256,10 @@ class PooledConnection(Connection[Row]):
     def close(self) -> None:
         """Give the server connection back to the pool (rolled back if a transaction is open,
         reset if the session was changed). Closing twice does nothing."""
-        if self._closed:
+        if self._released or self._unopened:
             return
-        self._closed = True
+        self._released = True
+        mark_closed(self, True)
         pool = self._owner
         try:
             slot = self._take_slot(RETURNED)
@@ -290,7 +292,7 @@ class PooledConnection(Connection[Row]):
     ) -> None:
         """As psycopg: commit if the block succeeded, roll back if it raised; then close (the
         pool rolls back what is still open)."""
-        if self._closed:
+        if self._released:
             return
         try:
             if exc_type is None and self._box:

@@ -414,8 +414,8 @@ class Pool:
                 client._opened(self._template)
         except BaseException:
             self._clients.discard(client)
-            if client._box:
-                client._closed = False
+            if client._box:  # bound, then failed: give the server connection back
+                client._unopened = False
                 client.close()
             raise
 

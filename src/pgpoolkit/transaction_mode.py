@@ -33,7 +33,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import Row
 
 from ._acompat import NO_GUARD, BindLock, Guard, Lock, NoGuard
-from ._psycopg import forget_transaction_blocks, reported_changed, run_setting
+from ._psycopg import forget_transaction_blocks, reported_changed, run_setting, tpc_begun
 from ._session_state import NOT_RESETTABLE, PLAIN, StatementInfo
 from .connection import PooledConnection
 from .cursor import BindingCursor, BindingServerCursor
@@ -101,7 +101,7 @@ class TransactionModeConnection(PooledConnection[Row]):
 
     def _enter(self) -> None:
         """Start an operation: the guard, and the news of a transaction taken away."""
-        if self._closed:
+        if self._released:
             self._check_connection_ok()  # raises psycopg's "closed"
         self._guard.acquire()
         message = self._aborted
@@ -348,7 +348,7 @@ class TransactionModeConnection(PooledConnection[Row]):
         self._tpc_end(xid, False)
 
     def _tpc_end(self, xid: Any, commit: bool) -> None:
-        held = self._tpc is not None and not self._tpc[1]  # begun, not prepared: held
+        held = tpc_begun(self)  # begun, not prepared: held
         self._use()
         try:
             if commit:

@@ -36,6 +36,7 @@ from .._psycopg import (
     attach,
     check_connection_ok,
     detach,
+    mark_closed,
     prepared_settings,
 )
 from .._session_state import (
@@ -79,6 +80,8 @@ class AsyncPooledConnection(AsyncConnection[Row]):
     _timeout: float | None
     #: made by pool.connection(), not opened yet: it opens on entering its block
     _unopened: bool
+    #: closed: its server connection went back to the pool for good
+    _released: bool
     #: the session was changed (SET, LISTEN...): reset it when the server connection goes back
     _dirty: bool
     #: the session was changed beyond what a reset undoes (LOAD): close the server connection
@@ -94,7 +97,8 @@ class AsyncPooledConnection(AsyncConnection[Row]):
     def _for_pool(cls, pool: AsyncPool, timeout: float | None) -> AsyncPooledConnection[Any]:
         """A new, unopened client of ``pool`` (``pool._open_client()`` opens it)."""
         self = cls(UNOPENED)
-        self._closed = True
+        mark_closed(self, True)  # not "broken": closed until opened
+        self._released = False
         self._owner = pool
         self._box = []
         self._timeout = timeout
@@ -183,12 +187,9 @@ class AsyncPooledConnection(AsyncConnection[Row]):
         """Counted in by the pool: take the pool's settings (from ``template``, a server
         connection; session mode takes them from its own at its bind)."""
         self._unopened = False
-        self._closed = False
+        mark_closed(self, False)
         if template is not None:
-            adopt_settings(self, template)
-            autocommit = self._owner.policy.autocommit
-            if autocommit is not None:
-                self._autocommit = autocommit
+            adopt_settings(self, template, self._owner.policy.autocommit)
 
     async def _bind(self, timeout: float | None = None) -> Slot[AsyncConnection[Any]]:
         pool = self._owner
@@ -207,7 +208,7 @@ class AsyncPooledConnection(AsyncConnection[Row]):
         """A statement is about to run (called by the cursors): count it, and note the session
         state it changes (or refuse it, if the policy says so)."""
         self._statements += 1
-        if self._autocommit:
+        if self.autocommit:
             self._transactions += 1
         info = inspect_query(query)
         if info is not PLAIN or held:
@@ -253,9 +254,10 @@ class AsyncPooledConnection(AsyncConnection[Row]):
     async def close(self) -> None:
         """Give the server connection back to the pool (rolled back if a transaction is open,
         reset if the session was changed). Closing twice does nothing."""
-        if self._closed:
+        if self._released or self._unopened:
             return
-        self._closed = True
+        self._released = True
+        mark_closed(self, True)
         pool = self._owner
         try:
             slot = self._take_slot(RETURNED)
@@ -288,7 +290,7 @@ class AsyncPooledConnection(AsyncConnection[Row]):
     ) -> None:
         """As psycopg: commit if the block succeeded, roll back if it raised; then close (the
         pool rolls back what is still open)."""
-        if self._closed:
+        if self._released:
             return
         try:
             if exc_type is None and self._box:

@@ -419,8 +419,8 @@ class AsyncPool:
                 client._opened(self._template)
         except BaseException:
             self._clients.discard(client)
-            if client._box:
-                client._closed = False
+            if client._box:  # bound, then failed: give the server connection back
+                client._unopened = False
                 await client.close()
             raise
 

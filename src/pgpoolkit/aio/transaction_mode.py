@@ -31,7 +31,7 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import Row
 
 from .._acompat import NO_GUARD, ABindLock, AGuard, ALock, NoGuard
-from .._psycopg import forget_transaction_blocks, reported_changed, run_setting
+from .._psycopg import forget_transaction_blocks, reported_changed, run_setting, tpc_begun
 from .._session_state import NOT_RESETTABLE, PLAIN, StatementInfo
 from ..errors import IdleInTransactionTimeout, PolicyViolation
 from ..policies import Action, ClientState, Event
@@ -99,7 +99,7 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
 
     def _enter(self) -> None:
         """Start an operation: the guard, and the news of a transaction taken away."""
-        if self._closed:
+        if self._released:
             self._check_connection_ok()  # raises psycopg's "closed"
         self._guard.acquire()
         message = self._aborted
@@ -346,7 +346,7 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
         await self._tpc_end(xid, False)
 
     async def _tpc_end(self, xid: Any, commit: bool) -> None:
-        held = self._tpc is not None and not self._tpc[1]  # begun, not prepared: held
+        held = tpc_begun(self)  # begun, not prepared: held
         await self._use()
         try:
             if commit:
