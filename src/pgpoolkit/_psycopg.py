@@ -33,14 +33,13 @@ __all__ = [
     "attach",
     "check_connection_ok",
     "close_locally",
-    "mark_closed",
-    "tpc_begun",
     "cursor_pgconn",
     "detach",
     "drop_client_handlers",
     "forget_declared",
     "forget_prepared",
     "forget_transaction_blocks",
+    "mark_closed",
     "point_at",
     "prepared_settings",
     "reported_changed",
@@ -48,6 +47,7 @@ __all__ = [
     "restore_prepared_settings",
     "run_setting",
     "server_handlers",
+    "tpc_begun",
 ]
 
 
