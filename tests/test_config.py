@@ -16,7 +16,7 @@ import pytest
 
 import pgpoolkit
 from pgpoolkit import AsyncPool, Pool, PoolClosed
-from pgpoolkit._config import redact
+from pgpoolkit._config import PARAMETERS, redact
 
 PASSWORD = "Hunter2-ultra-secret"
 SECRET_DSN = f"host=127.0.0.1 port=1 user=bob password={PASSWORD} dbname=x"
@@ -63,6 +63,11 @@ BAD: list[tuple[dict[str, Any], type[Exception], str]] = [
     ({"kwargs": "application_name=x"}, TypeError, "kwargs"),
     ({"connection_class": int}, TypeError, "connection_class"),
     ({"connection_class": "psycopg.Connection"}, TypeError, "connection_class"),
+    ({"num_workers": 0}, ValueError, "num_workers"),
+    ({"num_workers": 2.5}, TypeError, "num_workers"),
+    ({"close_returns": 1}, TypeError, "close_returns"),
+    ({"max_clients": -1}, ValueError, "max_clients"),
+    ({"idle_in_transaction_timeout": 0}, ValueError, "idle_in_transaction_timeout"),
 ]
 
 
@@ -247,3 +252,32 @@ def test_redact_leaves_other_messages_alone() -> None:
         'authentication failed for user "bob"'
     )
     assert redact(msg) == msg
+
+
+@pytest.mark.parametrize("cls", [Pool, AsyncPool])
+def test_constructors_follow_the_declared_parameters(cls: type[Any]) -> None:
+    # one declaration (_config.PARAMETERS) for the constructors, pgpoolkit.connect() and the
+    # docs' table: a parameter added to one place only fails here
+    import inspect
+
+    signature = list(inspect.signature(cls.__init__).parameters)[1:]
+    assert sorted(signature) == sorted(p.name for p in PARAMETERS)
+
+
+def test_num_workers_caps_connection_attempts(dsn: str) -> None:
+    with Pool(dsn, min_size=4, num_workers=1) as pool:
+        assert pool.num_workers == 1
+        assert pool._core.connecting <= 1
+        pool.wait(10.0)
+        assert pool.stats().servers_idle == 4
+
+
+def test_close_returns(dsn: str) -> None:
+    with Pool(dsn, min_size=1, close_returns=True) as pool:
+        conn = pool.getconn()
+        pid = conn.info.backend_pid
+        conn.close()  # psycopg's close(): back to the pool, as psycopg_pool does
+        assert not conn.closed and pool.stats().servers_active == 0
+        again = pool.getconn()
+        assert again.info.backend_pid == pid
+        pool.putconn(again)

@@ -541,7 +541,7 @@ class CoreMachine(RuleBasedStateMachine):
                 assert core.connecting >= 1
             else:  # enough attempts for min_size and for the waiters, within max_size and
                 # within the cap on attempts in progress at once
-                cap = _core.MAX_CONCURRENT_CONNECTS
+                cap = core.num_workers
                 assert core.connecting <= cap
                 assert self._total() >= min(core.min_size, core.size + cap)
                 assert core.connecting >= min(

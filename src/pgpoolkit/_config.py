@@ -19,8 +19,71 @@ _pool_numbers = itertools.count(1)
 
 
 @dataclass(frozen=True, slots=True)
+class Parameter:
+    """One parameter of Pool and AsyncPool: its name, its default as the docs show it, and
+    what it means."""
+
+    name: str
+    default: str
+    doc: str
+
+
+#: Every parameter of Pool and AsyncPool, in the order the docs list them: the one declaration
+#: that the constructors follow (``tests/test_config.py`` checks their signatures against it),
+#: that ``pgpoolkit.connect()`` splits its options by, and that the docs' table is written from
+#: (``tools/params_table.py``). The values a pool keeps are validated by ``make_config()``.
+PARAMETERS: tuple[Parameter, ...] = (
+    Parameter("conninfo", '`""`', "libpq connection string, or a callable returning one "
+              "(called at each new connection: rotate credentials without restarting)"),
+    Parameter("kwargs", "`None`", "extra connection parameters for `psycopg.connect()` "
+              "(`autocommit`, `prepare_threshold`, `row_factory`, `application_name`, ...), or "
+              "a callable returning them"),
+    Parameter("connection_class", "`psycopg.Connection` / `AsyncConnection`",
+              "the class to connect with (a subclass of yours, or a generic alias such as "
+              "`Connection[DictRow]`); pooled connections are instances of it too"),
+    Parameter("min_size", "`4`", "connections kept open, idle or not"),
+    Parameter("max_size", "`min_size`", "connections never exceeded, counting those being "
+              "opened; required when `min_size=0`"),
+    Parameter("mode", '`"session"`', 'the pooling mode: `"session"`, `"transaction"`, '
+              '`"statement"` or a `Policy` instance: see [pooling modes](pooling-modes.md)'),
+    Parameter("max_clients", "`0` (no limit)", "open pooled connections beyond which "
+              "`connect()` raises `TooManyClients` (PgBouncer's `max_client_conn`)"),
+    Parameter("idle_in_transaction_timeout", "`None`", "seconds a transaction-mode pooled "
+              "connection may sit idle inside a transaction before the pool rolls it back and "
+              "takes its server connection (`IdleInTransactionTimeout` at its next use)"),
+    Parameter("name", '`"pool-N"`', "shown in stats, logs, errors, `repr()`"),
+    Parameter("timeout", "`30.0`", "seconds a checkout waits before `PoolTimeout`"),
+    Parameter("max_waiting", "`0` (no limit)", "queued requests beyond which "
+              "`TooManyRequests` is raised at once"),
+    Parameter("max_lifetime", "`3600.0`", "seconds after which a connection is replaced "
+              "(each shortened by up to 5% at random, so they do not all expire together)"),
+    Parameter("max_idle", "`600.0`", "seconds an idle connection is kept when the pool is "
+              "above `min_size`"),
+    Parameter("reconnect_timeout", "`300.0`", "seconds of failed attempts after which "
+              "`reconnect_failed` is called"),
+    Parameter("reconnect_failed", "`None`", "`callback(pool)`; may be a coroutine function for "
+              "`AsyncPool`"),
+    Parameter("num_workers", "`3`", "connection attempts under way at once, at most "
+              "(psycopg_pool's name: its background workers)"),
+    Parameter("configure", "`None`", "`callback(conn)` on every new connection, and again "
+              "after the pool reset a client's session with `DISCARD ALL` (it must leave no "
+              "transaction open)"),
+    Parameter("check", "`None`", "`callback(conn)` on every checkout: raise to have the "
+              "connection replaced; `Pool.check_connection` runs an empty query"),
+    Parameter("reset", "`None`", "`callback(conn)` on every return, after the rollback: raise "
+              "to have the connection discarded"),
+    Parameter("close_returns", "`False`", "`close()` on a connection from `getconn()` gives it "
+              "back to the pool, as `putconn()` does (pooled connections from `connect()` and "
+              "`connection()` always go back on `close()`)"),
+    Parameter("open", "`None`", "`Pool`: open in the constructor unless `False`. `AsyncPool`: "
+              "opens in `async with`/`open()`; `True` raises `TypeError`"),
+)
+
+
+@dataclass(frozen=True, slots=True)
 class PoolConfig:
-    """The validated sizing and timing parameters shared by Pool and AsyncPool."""
+    """The validated values of a pool's parameters (those that are not callables or
+    connection parameters), shared by Pool and AsyncPool."""
 
     name: str
     policy: Policy
@@ -31,6 +94,10 @@ class PoolConfig:
     max_lifetime: float
     max_idle: float
     reconnect_timeout: float
+    num_workers: int = 3
+    max_clients: int = 0
+    idle_in_transaction_timeout: float | None = None
+    close_returns: bool = False
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -67,6 +134,10 @@ def make_config(
     max_lifetime: float,
     max_idle: float,
     reconnect_timeout: float,
+    num_workers: int = 3,
+    max_clients: int = 0,
+    idle_in_transaction_timeout: float | None = None,
+    close_returns: bool = False,
 ) -> PoolConfig:
     """Validate the constructor's arguments; raise ValueError/TypeError naming the culprit."""
     min_size = _check_int("min_size", min_size, 0)
@@ -85,6 +156,12 @@ def make_config(
         name = f"pool-{next(_pool_numbers)}"
     elif not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
+    if isinstance(max_clients, bool) or not isinstance(max_clients, int) or max_clients < 0:
+        raise ValueError(
+            f"max_clients must be an integer >= 0 (0: no limit), got {max_clients!r}"
+        )
+    if not isinstance(close_returns, bool):
+        raise TypeError(f"close_returns must be True or False, got {close_returns!r}")
     return PoolConfig(
         name=name,
         policy=policy_for_mode(mode),
@@ -95,7 +172,22 @@ def make_config(
         max_lifetime=_check_seconds("max_lifetime", max_lifetime),
         max_idle=_check_seconds("max_idle", max_idle),
         reconnect_timeout=_check_seconds("reconnect_timeout", reconnect_timeout, allow_zero=True),
+        num_workers=_check_int("num_workers", num_workers, 1),
+        max_clients=max_clients,
+        idle_in_transaction_timeout=(
+            None
+            if idle_in_transaction_timeout is None
+            else _check_seconds("idle_in_transaction_timeout", idle_in_transaction_timeout)
+        ),
+        close_returns=close_returns,
     )
+
+
+def resized(config: PoolConfig, min_size: int, max_size: int | None) -> PoolConfig:
+    """``config`` with a new min_size and max_size, validated as at construction."""
+    values = {field: getattr(config, field) for field in config.__dataclass_fields__}
+    values["mode"] = values.pop("policy")
+    return make_config(**{**values, "min_size": min_size, "max_size": max_size})
 
 
 def check_conninfo(conninfo: object) -> None:

@@ -28,20 +28,14 @@ RETRY_INITIAL_DELAY = 0.2
 RETRY_MAX_DELAY = 10.0
 #: each delay is multiplied by a random factor in [1 - RETRY_JITTER, 1 + RETRY_JITTER]
 RETRY_JITTER = 0.25
-#: connection attempts in progress at once, at most: enough to grow quickly, few enough that a
-#: burst of requests does not open a connection each when returned ones will serve them sooner
+#: the default cap on connection attempts in progress at once (``num_workers``, as
+#: psycopg_pool names its connecting workers): enough to grow quickly, few enough that a burst
+#: of requests does not open a connection each when returned ones will serve them sooner
 #: (HikariCP's spike test: 50 requests of 10 ms with 150 ms connects need about 5 connections)
 MAX_CONCURRENT_CONNECTS = 3
 #: a connection's lifetime is max_lifetime shortened by up to this fraction, so that the
 #: connections opened together do not all expire together
 LIFETIME_JITTER = 0.05
-
-
-def check_max_clients(value: object) -> int:
-    """max_clients is an integer >= 0 (0: no cap)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"max_clients must be an integer >= 0 (0: no limit), got {value!r}")
-    return value
 
 
 class Slot(Generic[T]):
@@ -87,6 +81,7 @@ class PoolCore(Generic[T]):
         self.max_lifetime = config.max_lifetime
         self.max_idle = config.max_idle
         self.reconnect_timeout = config.reconnect_timeout
+        self.num_workers = config.num_workers
         self._rng = rng or random.Random()
 
         self.opened = False
@@ -252,7 +247,7 @@ class PoolCore(Generic[T]):
         if self.closed or not self.opened or self.retrying:
             return 0
         total = len(self.idle) + self.in_use + self.connecting
-        room = min(self.max_size - total, MAX_CONCURRENT_CONNECTS - self.connecting)
+        room = min(self.max_size - total, self.num_workers - self.connecting)
         need = max(self.min_size - total, len(self.waiters) - self.connecting)
         return max(0, min(need, room))
 

@@ -39,10 +39,11 @@ from .._config import (
     check_timeout,
     make_config,
     redact,
+    resized,
     resolve,
     resolve_kwargs,
 )
-from .._core import PoolCore, Slot, check_max_clients
+from .._core import PoolCore, Slot
 from .._probe import is_alive, make_probe
 from .._psycopg import (
     RETURNED,
@@ -124,9 +125,11 @@ class AsyncPool:
         max_idle: float = 10 * 60.0,
         reconnect_timeout: float = 5 * 60.0,
         reconnect_failed: ReconnectFailedCallback | None = None,
+        num_workers: int = 3,
         configure: ConnectionCallback | None = None,
         check: ConnectionCallback | None = None,
         reset: ConnectionCallback | None = None,
+        close_returns: bool = False,
     ) -> None:
         check_conninfo(conninfo)
         check_kwargs(kwargs)
@@ -148,17 +151,19 @@ class AsyncPool:
             max_lifetime=max_lifetime,
             max_idle=max_idle,
             reconnect_timeout=reconnect_timeout,
+            num_workers=num_workers,
+            max_clients=max_clients,
+            idle_in_transaction_timeout=idle_in_transaction_timeout,
+            close_returns=close_returns,
         )
         self.conninfo = conninfo
         self.kwargs = kwargs
         self.connection_class = connection_class
         self.policy: Policy = self._config.policy
-        self.max_clients = check_max_clients(max_clients)
-        self.idle_in_transaction_timeout = (
-            None
-            if idle_in_transaction_timeout is None
-            else check_timeout(idle_in_transaction_timeout, "idle_in_transaction_timeout")
-        )
+        self.max_clients = self._config.max_clients
+        self.idle_in_transaction_timeout = self._config.idle_in_transaction_timeout
+        #: psycopg's close() of a getconn() connection calls putconn() when this is True
+        self.close_returns = self._config.close_returns
         # what every new client needs to know, decided once
         self._binds_on_connect = (
             self.policy.decide(ClientState.IDLE, ClientEvent.CONNECT) is Action.BIND
@@ -226,6 +231,11 @@ class AsyncPool:
     @property
     def max_size(self) -> int:
         return self._core.max_size
+
+    @property
+    def num_workers(self) -> int:
+        """Connection attempts under way at once, at most."""
+        return self._config.num_workers
 
     @property
     def timeout(self) -> float:
@@ -310,17 +320,7 @@ class AsyncPool:
 
     async def resize(self, min_size: int, max_size: int | None = None) -> None:
         """Change min_size and max_size while the pool runs."""
-        config = make_config(
-            name=self.name,
-            mode=self.policy,
-            min_size=min_size,
-            max_size=max_size,
-            timeout=self._config.timeout,
-            max_waiting=self._core.max_waiting,
-            max_lifetime=self._core.max_lifetime,
-            max_idle=self._core.max_idle,
-            reconnect_timeout=self._core.reconnect_timeout,
-        )
+        config = self._config = resized(self._config, min_size, max_size)
         with self._lock:
             self._core.resize(config.min_size, config.max_size)
         await self._do_work()
