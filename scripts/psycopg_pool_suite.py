@@ -63,12 +63,11 @@ _INIT_TEMPLATE = '''\
 """psycopg_pool shim for psycopg's test suite, re-exporting {module} (generated)."""
 
 from {module} import *  # noqa: F403
-from {module} import {names}
-
+{imports}
 try:
-    from {module} import __version__
+    from {module} import __version__ as __version__
 except ImportError:
-    from pgpoolkit import __version__
+    from pgpoolkit import __version__ as __version__
 
 from . import {submodules}
 '''
@@ -109,9 +108,9 @@ def write_shim(directory: Path, module: str) -> None:
     """Write a ``psycopg_pool`` package in *directory* re-exporting *module*."""
     package = directory / "psycopg_pool"
     package.mkdir()
-    init = _INIT_TEMPLATE.format(
-        module=module, names=", ".join(PUBLIC_NAMES), submodules=", ".join(SUBMODULES)
-    )
+    # "import X as X": explicit re-exports, for mypy --strict (tests/pool/test_module.py).
+    imports = "".join(f"from {module} import {name} as {name}\n" for name in PUBLIC_NAMES)
+    init = _INIT_TEMPLATE.format(module=module, imports=imports, submodules=", ".join(SUBMODULES))
     (package / "__init__.py").write_text(init)
     (package / "py.typed").write_text("")
     for sub in SUBMODULES:
@@ -144,7 +143,9 @@ def summarize(output: str) -> dict[str, int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        usage="%(prog)s TESTS [options] [-- PYTEST_ARGS...]",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("tests", type=Path, help="psycopg checkout or extract, or its tests/")
     parser.add_argument("--target", choices=("psycopg_pool", "pgpoolkit"), default="pgpoolkit")
@@ -155,8 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="module the shim re-exports with --target pgpoolkit (default: %(default)s)",
     )
     parser.add_argument("--timeout", type=float, default=60.0, help="per test, in seconds")
-    parser.add_argument("pytest_args", nargs="*", help="after --: extra pytest arguments")
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    pytest_args = argv[split + 1 :]
     root = find_root(args.tests)
     if not (root / "tools" / "pproxy_fix.py").is_file():
         print(f"warning: no {root}/tools/pproxy_fix.py: the proxy tests will fail", file=sys.stderr)
@@ -167,6 +170,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_shim(Path(tmp), args.compat_module)
             for var in ("PYTHONPATH", "MYPYPATH"):
                 env[var] = os.pathsep.join(filter(None, [tmp, env.get(var)]))
+        # Fail early (rather than in every test) if the shim or the target can't be imported.
+        check = "import psycopg_pool as p; print('psycopg_pool:', p.__file__, p.ConnectionPool)"
+        found = subprocess.run([sys.executable, "-c", check], env=env, cwd=tmp, check=False)
+        if found.returncode:
+            print(f"cannot import psycopg_pool for --target {args.target}", file=sys.stderr)
+            return 2
         ini = Path(tmp) / "pytest.ini"
         ini.write_text(_PYTEST_INI)
         command = [sys.executable, "-m", "pytest", str(root / "tests" / "pool")]
@@ -174,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command += ["-p", "no:randomly", "-p", "no:asyncio", "-p", "no:benchmark"]
         if importlib.util.find_spec("pytest_timeout"):
             command.append(f"--timeout={args.timeout:g}")
-        command += args.pytest_args
+        command += pytest_args
         with server(args.dsn) as dsn:
             env["PSYCOPG_TEST_DSN"] = dsn
             # Like `tee`: show pytest's output as it comes, and keep it for the counts.

@@ -272,6 +272,7 @@ def test_num_workers_caps_connection_attempts(dsn: str) -> None:
         assert pool.stats().servers_idle == 4
 
 
+@pytest.mark.skipif(psycopg.__version__ < "3.3", reason="psycopg 3.3's close() hook")
 def test_close_returns(dsn: str) -> None:
     with Pool(dsn, min_size=1, close_returns=True) as pool:
         conn = pool.getconn()

@@ -91,7 +91,7 @@ def test_is_a_psycopg_connection(connect: Connect) -> None:
     with conn.transaction():  # (transaction mode: no backend between transactions)
         assert conn.info.backend_pid > 0
     with conn.transaction():  # (transaction mode: escaping needs the server's libpq connection)
-        assert sql.as_string(sql.Identifier("a b"), conn) == '"a b"'
+        assert sql.Identifier("a b").as_string(conn) == '"a b"'
     assert hasattr(conn, "info") and conn.adapters is conn.adapters
 
 

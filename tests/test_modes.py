@@ -733,7 +733,7 @@ def test_prepared_statements_survive_session_resets(dsn: str, app: str, mode: st
                     assert one(c, query, params) == expected(i)
                 # session state: the connection is reset (DISCARD ALL) when it goes back
                 c.execute("SET work_mem = '9MB'")
-                if i == 2:
+                if i == 2 and psycopg.__version__ >= "3.3":  # 3.2 keeps its cache: as direct
                     c.execute("DEALLOCATE ALL")
                 for query, expected in QUERIES:
                     params = (i, i) if query.count("%s") == 2 else (i,)

@@ -692,7 +692,7 @@ async def test_prepared_statements_survive_session_resets(dsn: str, app: str, mo
                     assert await one(c, query, params_for(query, i)) == expected(i)
                 # session state: the connection is reset (DISCARD ALL) when it goes back
                 await c.execute("SET work_mem = '9MB'")
-                if i == 2:
+                if i == 2 and psycopg.__version__ >= "3.3":  # 3.2 keeps its cache: as direct
                     await c.execute("DEALLOCATE ALL")
                 for query, expected in QUERIES:
                     assert await one(c, query, params_for(query, i)) == expected(i)

@@ -73,8 +73,9 @@ PARAMETERS: tuple[Parameter, ...] = (
     Parameter("reset", "`None`", "`callback(conn)` on every return, after the rollback: raise "
               "to have the connection discarded"),
     Parameter("close_returns", "`False`", "`close()` on a connection from `getconn()` gives it "
-              "back to the pool, as `putconn()` does (pooled connections from `connect()` and "
-              "`connection()` always go back on `close()`)"),
+              "back to the pool, as `putconn()` does (psycopg 3.3 and later, whose `close()` "
+              "asks the pool; pooled connections from `connect()` and `connection()` always "
+              "go back on `close()`)"),
     Parameter("open", "`None`", "`Pool`: open in the constructor unless `False`. `AsyncPool`: "
               "opens in `async with`/`open()`; `True` raises `TypeError`"),
 )

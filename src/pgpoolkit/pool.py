@@ -102,6 +102,9 @@ class Pool:
     on every return after the rollback; they are coroutine functions here.
     """
 
+    #: a returned connection is closed, not kept idle (psycopg_pool's null pools: compat.py)
+    _closes_on_return = False
+
     def __init__(
         self,
         conninfo: str | Callable[[], str] = "",
@@ -550,7 +553,7 @@ class Pool:
         ``statements``, ``transactions``: what the client ran on it; ``discard``: the client
         changed its session beyond what a reset undoes: close it)."""
         try:
-            if discard:
+            if discard or self._closes_on_return:
                 reusable = False
             elif (
                 not dirty

@@ -253,8 +253,8 @@ class TransactionModeConnection(PooledConnection[Row]):
 
     # -- what needs a server connection -----------------------------------------------------------
 
-    def wait(self, gen: PQGen[Any], interval: float = 0.1, timeout: float | None = None
-                   ) -> Any:
+    def wait(self, gen: PQGen[Any], *args: Any, **kwargs: Any) -> Any:
+        # (*args: psycopg 3.2 takes a timeout, 3.3 an interval and a timeout)
         if self._aborted_holds and self._aborted is not None:
             gen.close()  # a block whose transaction was taken away: it ends with the news
             raise IdleInTransactionTimeout(self._aborted)
@@ -264,7 +264,7 @@ class TransactionModeConnection(PooledConnection[Row]):
                 return value
             gen.close()
             cast(Any, self.pgconn).refuse()  # raises: closed, or between transactions
-        return super().wait(gen, interval, timeout)
+        return super().wait(gen, *args, **kwargs)
 
     def commit(self) -> None:
         if self._use_bound():

@@ -106,6 +106,9 @@ class AsyncPool:
     on every return after the rollback; they are coroutine functions here.
     """
 
+    #: a returned connection is closed, not kept idle (psycopg_pool's null pools: compat.py)
+    _closes_on_return = False
+
     def __init__(
         self,
         conninfo: str | Callable[[], str] = "",
@@ -555,7 +558,7 @@ class AsyncPool:
         ``statements``, ``transactions``: what the client ran on it; ``discard``: the client
         changed its session beyond what a reset undoes: close it)."""
         try:
-            if discard:
+            if discard or self._closes_on_return:
                 reusable = False
             elif (
                 not dirty

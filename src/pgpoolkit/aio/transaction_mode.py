@@ -251,8 +251,8 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
 
     # -- what needs a server connection -----------------------------------------------------------
 
-    async def wait(self, gen: PQGen[Any], interval: float = 0.1, timeout: float | None = None
-                   ) -> Any:
+    async def wait(self, gen: PQGen[Any], *args: Any, **kwargs: Any) -> Any:
+        # (*args: psycopg 3.2 takes a timeout, 3.3 an interval and a timeout)
         if self._aborted_holds and self._aborted is not None:
             gen.close()  # a block whose transaction was taken away: it ends with the news
             raise IdleInTransactionTimeout(self._aborted)
@@ -262,7 +262,7 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
                 return value
             gen.close()
             cast(Any, self.pgconn).refuse()  # raises: closed, or between transactions
-        return await super().wait(gen, interval, timeout)
+        return await super().wait(gen, *args, **kwargs)
 
     async def commit(self) -> None:
         if self._use_bound():

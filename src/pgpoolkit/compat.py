@@ -1,0 +1,74 @@
+"""psycopg_pool's names on pgpoolkit: moving from psycopg_pool is a change of import.
+
+::
+
+    from pgpoolkit.compat import ConnectionPool   # was: from psycopg_pool import ConnectionPool
+
+``ConnectionPool`` and ``AsyncConnectionPool`` are :class:`pgpoolkit.Pool` and
+:class:`pgpoolkit.AsyncPool` under psycopg_pool's names, generic like psycopg_pool's
+(``ConnectionPool[Connection[DictRow]]``), with psycopg_pool's parameters (``num_workers``,
+``close_returns``...) and errors. ``NullConnectionPool`` and ``AsyncNullConnectionPool`` keep
+no connection idle: each is closed when it comes back, and ``max_size=None`` means no limit.
+What still differs from psycopg_pool, and why: docs/migrating-from-psycopg-pool.md.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Generic, TypeVar
+
+from psycopg import AsyncConnection, Connection
+
+from .aio.pool import AsyncPool
+from .errors import PoolClosed, PoolTimeout, TooManyRequests
+from .pool import Pool
+
+__all__ = [
+    "AsyncConnectionPool",
+    "AsyncNullConnectionPool",
+    "ConnectionPool",
+    "NullConnectionPool",
+    "PoolClosed",
+    "PoolTimeout",
+    "TooManyRequests",
+]
+
+CT = TypeVar("CT", bound="Connection[Any]")
+ACT = TypeVar("ACT", bound="AsyncConnection[Any]")
+
+
+class ConnectionPool(Pool, Generic[CT]):
+    """psycopg_pool's ConnectionPool: a :class:`pgpoolkit.Pool`."""
+
+
+class AsyncConnectionPool(AsyncPool, Generic[ACT]):
+    """psycopg_pool's AsyncConnectionPool: a :class:`pgpoolkit.AsyncPool`."""
+
+
+class NullConnectionPool(ConnectionPool[CT]):
+    """psycopg_pool's NullConnectionPool: a connection per checkout, closed when it is given
+    back; ``max_size`` caps those open at once (``None``: no cap) and further requests wait."""
+
+    _closes_on_return = True
+
+    def __init__(
+        self, conninfo: Any = "", *, min_size: int = 0, max_size: int | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(
+            conninfo, min_size=min_size, max_size=sys.maxsize if max_size is None else max_size,
+            **kwargs,
+        )
+
+
+class AsyncNullConnectionPool(AsyncConnectionPool[ACT]):
+    """psycopg_pool's AsyncNullConnectionPool: see :class:`NullConnectionPool`."""
+
+    _closes_on_return = True
+
+    def __init__(
+        self, conninfo: Any = "", *, min_size: int = 0, max_size: int | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(
+            conninfo, min_size=min_size, max_size=sys.maxsize if max_size is None else max_size,
+            **kwargs,
+        )
