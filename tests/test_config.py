@@ -282,3 +282,31 @@ def test_close_returns(dsn: str) -> None:
         again = pool.getconn()
         assert again.info.backend_pid == pid
         pool.putconn(again)
+
+
+def test_policy_tables_are_validated_when_the_pool_is_built() -> None:
+    class Leaky(pgpoolkit.Policy):
+        name = "leaky"
+        table = {(None, pgpoolkit.Event.STATEMENT): pgpoolkit.Action.BIND}
+
+    with pytest.raises(ValueError, match=r"'leaky'.*\(IDLE, SESSION_STATE\) -> NONE.*PIN"):
+        Pool(SECRET_DSN, mode=Leaky(), open=False)
+
+    class Confused(pgpoolkit.TransactionPolicy):
+        name = "confused"
+
+        def decide(
+            self, state: pgpoolkit.ClientState, event: pgpoolkit.Event, detail: str = ""
+        ) -> pgpoolkit.Action:
+            if event is pgpoolkit.Event.CLOSE:
+                return pgpoolkit.Action.PIN
+            return super().decide(state, event, detail)
+
+    with pytest.raises(ValueError, match=r"'confused'.*CLOSE\) -> PIN is not an action"):
+        Pool(SECRET_DSN, mode=Confused(), open=False)
+
+    class BadKey(pgpoolkit.SessionPolicy):
+        table = {("idle", pgpoolkit.Event.CONNECT): pgpoolkit.Action.BIND}  # type: ignore[dict-item]
+
+    with pytest.raises(ValueError, match="table key"):
+        Pool(SECRET_DSN, mode=BadKey(), open=False)

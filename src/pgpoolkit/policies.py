@@ -84,6 +84,17 @@ class Action(Enum):
     REFUSE = "refuse"
 
 
+#: the actions each event may take (``Policy.validate()``): a session change must be pinned,
+#: reset or refused, never ignored (it would reach the next client)
+ALLOWED: Mapping[Event, frozenset[Action]] = {
+    Event.CONNECT: frozenset({Action.NONE, Action.BIND}),
+    Event.STATEMENT: frozenset({Action.NONE, Action.BIND, Action.REFUSE}),
+    Event.BEGIN: frozenset({Action.NONE, Action.BIND, Action.REFUSE}),
+    Event.IDLE_AFTER: frozenset({Action.NONE, Action.RELEASE}),
+    Event.SESSION_STATE: frozenset({Action.PIN, Action.RESET, Action.REFUSE}),
+    Event.CLOSE: frozenset({Action.NONE, Action.RELEASE}),
+}
+
 #: ``None`` in a table key's state stands for any state
 TableKey = tuple[ClientState | None, Event]
 SessionStateChoice = Literal["pin", "error"]
@@ -109,6 +120,37 @@ class Policy:
     table: Mapping[TableKey, Action] = {}
     autocommit: bool | None = None
     way_out: str = "use mode='session'"
+
+    def validate(self) -> None:
+        """Check the table and ``decide()``: every (state, event) must answer an action that
+        event can take (``ALLOWED``); raise ValueError naming the state, the event and the
+        action otherwise. Pools call it when they are built."""
+        for key, action in self.table.items():
+            if (
+                not isinstance(key, tuple)
+                or len(key) != 2
+                or not (key[0] is None or isinstance(key[0], ClientState))
+                or not isinstance(key[1], Event)
+            ):
+                raise ValueError(
+                    f"policy {self.name!r}: table key {key!r} is not (ClientState or None, "
+                    "Event)"
+                )
+            if not isinstance(action, Action):
+                raise ValueError(
+                    f"policy {self.name!r}: table[{key!r}] is {action!r}, not an Action"
+                )
+        for state in ClientState:
+            for event in Event:
+                action = self.decide(state, event, "")
+                allowed = ALLOWED[event]
+                if action not in allowed:
+                    raise ValueError(
+                        f"policy {self.name!r}: ({state.name}, {event.name}) -> "
+                        f"{getattr(action, 'name', action)} is not an action for "
+                        f"{event.name}; it takes one of "
+                        + ", ".join(a.name for a in allowed)
+                    )
 
     def decide(self, state: ClientState, event: Event, detail: str = "") -> Action:
         """The action for ``event`` happening to a client in ``state``."""
@@ -218,11 +260,14 @@ _MODES: dict[str, type[Policy]] = {
 
 
 def policy_for_mode(mode: str | Policy) -> Policy:
-    """The policy for ``mode=``: a mode name or a Policy instance."""
+    """The policy for ``mode=``: a mode name or a Policy instance (validated)."""
     if isinstance(mode, Policy):
+        mode.validate()
         return mode
     if isinstance(mode, type) and issubclass(mode, Policy):
-        return mode()
+        policy = mode()
+        policy.validate()
+        return policy
     if isinstance(mode, str) and mode in _MODES:
         return _MODES[mode]()
     choices = ", ".join(repr(m) for m in _MODES)
