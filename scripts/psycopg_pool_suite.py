@@ -35,35 +35,43 @@ import contextlib
 import importlib.util
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-# The submodules psycopg's tests/pool imports, and what from: `psycopg_pool.pool.ShrinkPool`,
-# `psycopg_pool.pool_async.{ShrinkPool,WaitingClient}`, `psycopg_pool.base.AttemptWithBackoff`
-# (reached as an attribute of the package), `psycopg_pool.sched.Scheduler`,
-# `psycopg_pool.sched_async.AsyncScheduler`.
-SUBMODULES = ("base", "pool", "pool_async", "sched", "sched_async")
-# The top-level names the tests use (besides `__version__`).
-PUBLIC_NAMES = (
-    "AsyncConnectionPool",
-    "AsyncNullConnectionPool",
-    "ConnectionPool",
-    "NullConnectionPool",
-    "PoolClosed",
-    "PoolTimeout",
-    "TooManyRequests",
-)
+# What psycopg's tests/pool imports from psycopg_pool ("" is the package itself). The tests
+# also reach `psycopg_pool.base` as an attribute of the package, and many private attributes
+# of the pools (`_pool`, `_waiting`, `_workers`, ...): see the tests themselves.
+EXPECTED: dict[str, tuple[str, ...]] = {
+    "": (
+        "AsyncConnectionPool",
+        "AsyncNullConnectionPool",
+        "ConnectionPool",
+        "NullConnectionPool",
+        "PoolClosed",
+        "PoolTimeout",
+        "TooManyRequests",
+        "__version__",
+    ),
+    "base": ("AttemptWithBackoff",),
+    "pool": ("ShrinkPool",),
+    "pool_async": ("ShrinkPool", "WaitingClient"),
+    "sched": ("Scheduler",),
+    "sched_async": ("AsyncScheduler",),
+}
+SUBMODULES = tuple(sub for sub in EXPECTED if sub)
 
-# The shim package. Its submodules re-export `<module>.<sub>` if that exists, else <module>
-# (private names included); a name missing there fails only the tests that use it.
+# The shim package. A name missing from the target fails only the tests that use it.
+# "import *" re-exports for mypy --strict too (tests/pool/test_module.py), but not dunders.
 _INIT_TEMPLATE = '''\
 """psycopg_pool shim for psycopg's test suite, re-exporting {module} (generated)."""
 
 from {module} import *  # noqa: F403
-{imports}
+
 try:
     from {module} import __version__ as __version__
 except ImportError:
@@ -72,6 +80,7 @@ except ImportError:
 from . import {submodules}
 '''
 
+# Submodules re-export `<module>.<sub>` if that exists, else <module>, private names included.
 _SUBMODULE_TEMPLATE = '''\
 """psycopg_pool.{sub} shim, re-exporting {module}.{sub} or else {module} (generated)."""
 
@@ -85,6 +94,23 @@ except ModuleNotFoundError as ex:
     _source = importlib.import_module("{module}")
 globals().update({{k: v for k, v in vars(_source).items() if not k.startswith("__")}})
 '''
+
+# Run before the suite: fails if psycopg_pool can't be imported, lists the missing names.
+_PREFLIGHT = """\
+import importlib, sys
+expected = {expected!r}
+package = importlib.import_module("psycopg_pool")
+print("psycopg_pool:", package.__file__, "->", package.ConnectionPool)
+modules = {{sub: ".".join(filter(None, ["psycopg_pool", sub])) for sub in expected}}
+missing = [
+    f"{{modules[sub]}}.{{name}}"
+    for sub, names in expected.items()
+    for name in names
+    if not hasattr(importlib.import_module(modules[sub]), name)
+]
+if missing:
+    print("missing (the tests using them will fail):", ", ".join(missing), file=sys.stderr)
+"""
 
 # pytest settings; the same as psycopg's pyproject.toml (an extracted tests/ may lack it).
 _PYTEST_INI = """\
@@ -108,9 +134,7 @@ def write_shim(directory: Path, module: str) -> None:
     """Write a ``psycopg_pool`` package in *directory* re-exporting *module*."""
     package = directory / "psycopg_pool"
     package.mkdir()
-    # "import X as X": explicit re-exports, for mypy --strict (tests/pool/test_module.py).
-    imports = "".join(f"from {module} import {name} as {name}\n" for name in PUBLIC_NAMES)
-    init = _INIT_TEMPLATE.format(module=module, imports=imports, submodules=", ".join(SUBMODULES))
+    init = _INIT_TEMPLATE.format(module=module, submodules=", ".join(SUBMODULES))
     (package / "__init__.py").write_text(init)
     (package / "py.typed").write_text("")
     for sub in SUBMODULES:
@@ -155,7 +179,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="pgpoolkit.compat",
         help="module the shim re-exports with --target pgpoolkit (default: %(default)s)",
     )
-    parser.add_argument("--timeout", type=float, default=60.0, help="per test, in seconds")
+    parser.add_argument("--timeout", type=float, default=30.0, help="per test, in seconds")
+    parser.add_argument(
+        "--max-time", type=float, default=1200.0, help="kill pytest after this many seconds"
+    )
     argv = list(sys.argv[1:] if argv is None else argv)
     split = argv.index("--") if "--" in argv else len(argv)
     args = parser.parse_args(argv[:split])
@@ -171,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for var in ("PYTHONPATH", "MYPYPATH"):
                 env[var] = os.pathsep.join(filter(None, [tmp, env.get(var)]))
         # Fail early (rather than in every test) if the shim or the target can't be imported.
-        check = "import psycopg_pool as p; print('psycopg_pool:', p.__file__, p.ConnectionPool)"
+        check = _PREFLIGHT.format(expected=EXPECTED)
         found = subprocess.run([sys.executable, "-c", check], env=env, cwd=tmp, check=False)
         if found.returncode:
             print(f"cannot import psycopg_pool for --target {args.target}", file=sys.stderr)
@@ -190,12 +217,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             proc = subprocess.Popen(
                 command, cwd=root, env=env, stdout=subprocess.PIPE, text=True, errors="replace"
             )
+            # A pool that leaves threads behind can hang pytest's exit: kill it eventually.
+            watchdog = threading.Timer(args.max_time, proc.kill)
+            watchdog.start()
             assert proc.stdout is not None
             output = []
-            for line in proc.stdout:
-                sys.stdout.write(line)
-                output.append(line)
-            status = proc.wait()
+            try:
+                for line in proc.stdout:
+                    sys.stdout.write(line)
+                    output.append(line)
+                status = proc.wait()
+            finally:
+                watchdog.cancel()
+            if status == -signal.SIGKILL:
+                print(f"\npytest killed after --max-time={args.max_time:g}s", file=sys.stderr)
+                status = 1
 
     counts = summarize("".join(output))
     print(

@@ -1139,3 +1139,60 @@ def test_pooled_connection_timeout_waiting_for_a_server(dsn: str, app: str) -> N
         assert one(c2, "SELECT 2") == 2
         c1.close()
         c2.close()
+
+
+# -- a pin ends when what caused it is undone -----------------------------------------------------
+
+
+UNPINS = {
+    "listen": (["LISTEN pgpk_a", "LISTEN pgpk_b", "UNLISTEN pgpk_a"], ["UNLISTEN *"]),
+    "temp_table": (
+        ["CREATE TEMP TABLE pgpk_t1 (x int)", "CREATE TEMP TABLE pgpk_t2 (x int)",
+         "DROP TABLE pgpk_t1"],
+        ["DISCARD TEMP"],
+    ),
+    "advisory_lock": (
+        ["SELECT pg_advisory_lock(4201)", "SELECT pg_advisory_lock(4202)",
+         "SELECT pg_advisory_unlock(4201)"],
+        ["SELECT pg_advisory_unlock_all()"],
+    ),
+    "prepare": (
+        ["PREPARE pgpk_p1 AS SELECT 1", "PREPARE pgpk_p2 AS SELECT 2", "DEALLOCATE pgpk_p1"],
+        ["DEALLOCATE pgpk_p2"],
+    ),
+    "setting": (["SET work_mem = '7MB'", "SET statement_timeout = 5000"], ["RESET ALL"]),
+    "role": (["SET ROLE pg_monitor"], ["RESET ROLE"]),
+    "two_kinds": (["LISTEN pgpk_c", "SET work_mem = '7MB'", "RESET ALL"], ["UNLISTEN *"]),
+}
+
+
+@pytest.mark.parametrize("kind", list(UNPINS))
+def test_pin_ends_when_its_reasons_are_undone(
+    dsn: str, admin: Admin, app: str, kind: str
+) -> None:
+    pinning, undoing = UNPINS[kind]
+    with make_pool(dsn, app, {"autocommit": True}, mode="transaction", max_size=2) as pool:
+        c = pool.connect()
+        for statement in pinning:
+            c.execute(statement)
+        assert state(c) is ClientState.PINNED  # something is still there
+        assert pool.stats().clients_pinned == 1
+        pid = one(c, "SELECT pg_backend_pid()")
+        for statement in undoing:
+            c.execute(statement)
+        assert state(c) is ClientState.IDLE  # nothing left: borrowing per transaction again
+        assert pool.stats().clients_pinned == 0 and pool.stats().servers_active == 0
+        # the release that ended the pin reset the session all the same
+        assert backend_query(admin, pid)[0] == "DISCARD ALL"
+        c.close()
+
+
+def test_load_pins_for_good(dsn: str, app: str) -> None:
+    require_auto_explain(dsn)
+    with make_pool(dsn, app, {"autocommit": True}, mode="transaction", max_size=1) as pool:
+        c = pool.connect()
+        c.execute("LOAD 'auto_explain'")
+        c.execute("DISCARD ALL")  # undoes everything but the library
+        assert state(c) is ClientState.PINNED
+        c.close()
+        assert pool.stats().clients_pinned == 0

@@ -1107,3 +1107,17 @@ async def test_cancelled_client_gives_its_server_connection_back(
         await c1.close()
         await c2.close()
         assert pool.stats().servers_active == 0
+
+
+async def test_pin_ends_when_its_reasons_are_undone(dsn: str, app: str) -> None:
+    async with make_pool(dsn, app, {"autocommit": True}, mode="transaction", max_size=2) as pool:
+        c = await pool.connect()
+        await c.execute("LISTEN pgpk_a")
+        await c.execute("CREATE TEMP TABLE pgpk_t (x int)")
+        await c.execute("UNLISTEN *")
+        assert state(c) is ClientState.PINNED  # the temporary table is still there
+        await c.execute("DROP TABLE pgpk_t")
+        assert state(c) is ClientState.IDLE
+        assert pool.stats().clients_pinned == 0 and pool.stats().servers_active == 0
+        assert await one(c, "SELECT count(*) FROM pg_listening_channels()") == 0
+        await c.close()

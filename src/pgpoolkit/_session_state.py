@@ -65,7 +65,6 @@ _SET = re.compile(
     re.IGNORECASE,
 )
 _STARTS = [
-    (re.compile(r"^\s*RESET\b", re.IGNORECASE), SessionChange.SETTING),
     (re.compile(r"^\s*LISTEN\b", re.IGNORECASE), SessionChange.LISTEN),
     (re.compile(r"^\s*PREPARE\s+(?!TRANSACTION\b)", re.IGNORECASE), SessionChange.PREPARE),
     (re.compile(r"^\s*DEALLOCATE\b", re.IGNORECASE), SessionChange.PREPARE),
@@ -87,17 +86,66 @@ _IS_LOCAL_TRUE = re.compile(r",\s*(?:true|'t'|'true'|'on'|1)\s*$", re.IGNORECASE
 
 _BEGIN = re.compile(r"^\s*(?:BEGIN|START\s+TRANSACTION)\b", re.IGNORECASE)
 
+#: statements that may undo a kind of session state: the pool checks on the server (or, for
+#: SETTING and ROLE, trusts the text) and a client pinned for nothing else is pinned no more
+_UNDOES = [
+    (re.compile(r"^\s*UNLISTEN\b", re.IGNORECASE), SessionChange.LISTEN),
+    (re.compile(r"^\s*DISCARD\s+TEMP(?:ORARY)?\b", re.IGNORECASE), SessionChange.TEMP_TABLE),
+    (re.compile(r"^\s*DROP\s+(?:TABLE|VIEW|SEQUENCE)\b", re.IGNORECASE), SessionChange.TEMP_TABLE),
+    (re.compile(r"^\s*DEALLOCATE\b", re.IGNORECASE), SessionChange.PREPARE),
+    (re.compile(r"^\s*CLOSE\b", re.IGNORECASE), SessionChange.HOLD_CURSOR),
+    (re.compile(r"\bpg_advisory_unlock(?:_all|_shared)?\s*\(", re.IGNORECASE),
+     SessionChange.ADVISORY_LOCK),
+    (re.compile(r"^\s*RESET\s+ALL\b", re.IGNORECASE), SessionChange.SETTING),
+    (re.compile(r"^\s*(?:RESET\s+ROLE|SET\s+ROLE\s+NONE)\s*$", re.IGNORECASE),
+     SessionChange.ROLE),
+    (re.compile(r"^\s*(?:RESET\s+SESSION\s+AUTHORIZATION|SET\s+SESSION\s+AUTHORIZATION"
+                r"\s+DEFAULT)\s*$", re.IGNORECASE), SessionChange.ROLE),
+]
+#: the kinds whose undoing the text alone proves (RESET ALL, RESET ROLE, DISCARD ALL...); the
+#: others (LISTEN, temporary tables, advisory locks, SQL PREPARE, WITH HOLD cursors) are
+#: checked on the server (SESSION_STATE_QUERY), as an UNLISTEN of one channel leaves others
+UNDONE_BY_TEXT = frozenset({SessionChange.SETTING, SessionChange.ROLE})
+#: what a change the server reported (and no statement showed) may have been
+UNSEEN = frozenset({SessionChange.SETTING, SessionChange.ROLE})
+#: which kinds of session state a server connection holds now, one column each
+SESSION_STATE_QUERY = (
+    "SELECT EXISTS (SELECT FROM pg_listening_channels()),"
+    " EXISTS (SELECT FROM pg_class WHERE relnamespace = pg_my_temp_schema()),"
+    " EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()),"
+    " EXISTS (SELECT FROM pg_prepared_statements WHERE from_sql),"
+    " EXISTS (SELECT FROM pg_cursors WHERE is_holdable)"
+)
+SESSION_STATE_COLUMNS = (
+    SessionChange.LISTEN,
+    SessionChange.TEMP_TABLE,
+    SessionChange.ADVISORY_LOCK,
+    SessionChange.PREPARE,
+    SessionChange.HOLD_CURSOR,
+)
+_RESET = re.compile(
+    r"^\s*RESET\s+(?P<role>ROLE\b|SESSION\s+AUTHORIZATION\b)?", re.IGNORECASE
+)
+_DISCARD_ALL = re.compile(r"^\s*DISCARD\s+ALL\b", re.IGNORECASE)
+
 
 class StatementInfo:
     """What a query's text says about its effect on the server connection."""
 
-    __slots__ = ("begins", "changes", "detail")
+    __slots__ = ("begins", "changes", "detail", "undoes")
 
-    def __init__(self, changes: frozenset[SessionChange], begins: bool) -> None:
+    def __init__(
+        self,
+        changes: frozenset[SessionChange],
+        begins: bool,
+        undoes: frozenset[SessionChange] = frozenset(),
+    ) -> None:
         #: the kinds of session state it leaves behind
         self.changes = changes
         #: it opens a transaction block (BEGIN / START TRANSACTION)
         self.begins = begins
+        #: the kinds it may undo (UNLISTEN, DISCARD TEMP, RESET ALL...), as its last word on them
+        self.undoes = undoes
         #: a description for messages: "SET ROLE / SET SESSION AUTHORIZATION, LISTEN"
         self.detail = ", ".join(sorted(kind.value for kind in changes))
 
@@ -128,31 +176,50 @@ def session_changes(text: str) -> frozenset[SessionChange]:
 def _scan(text: str) -> StatementInfo:
     clean = _NOISE.sub(" ", text)
     kinds: set[SessionChange] = set()
+    undone: set[SessionChange] = set()
     begins = False
     for statement in clean.split(";"):
         if not statement.strip():
             continue
         if _BEGIN.match(statement):
             begins = True
-        match = _SET.match(statement)
-        if match:
-            what = match["what"].upper()
-            kinds.add(
-                SessionChange.ROLE if what in ("ROLE", "AUTHORIZATION") else SessionChange.SETTING
-            )
-        for pattern, kind in _STARTS:
-            if pattern.match(statement):
-                kinds.add(kind)
-        if _TEMP.match(statement) and not _ON_COMMIT_DROP.search(statement):
-            kinds.add(SessionChange.TEMP_TABLE)
-        if _ADVISORY.search(statement):
-            kinds.add(SessionChange.ADVISORY_LOCK)
-        for call in _SET_CONFIG.finditer(statement):
-            if not _IS_LOCAL_TRUE.search(_call_args(statement, call.end())):
-                kinds.add(SessionChange.SETTING)
-    if not kinds and not begins:
+        here = _changes(statement)
+        kinds |= here
+        undone -= here  # a later change outweighs an earlier undo
+        if _DISCARD_ALL.match(statement):
+            undone |= set(SessionChange) - NOT_RESETTABLE
+        for pattern, kind in _UNDOES:
+            found = pattern.search if kind is SessionChange.ADVISORY_LOCK else pattern.match
+            if found(statement):
+                undone.add(kind)
+    if not kinds and not begins and not undone:
         return PLAIN
-    return StatementInfo(frozenset(kinds), begins)
+    return StatementInfo(frozenset(kinds), begins, frozenset(undone))
+
+
+def _changes(statement: str) -> set[SessionChange]:
+    """The kinds of session state one statement (comments and literals blanked) leaves."""
+    kinds: set[SessionChange] = set()
+    match = _SET.match(statement)
+    if match:
+        what = match["what"].upper()
+        kinds.add(
+            SessionChange.ROLE if what in ("ROLE", "AUTHORIZATION") else SessionChange.SETTING
+        )
+    for pattern, kind in _STARTS:
+        if pattern.match(statement):
+            kinds.add(kind)
+    reset = _RESET.match(statement)
+    if reset:
+        kinds.add(SessionChange.ROLE if reset["role"] else SessionChange.SETTING)
+    if _TEMP.match(statement) and not _ON_COMMIT_DROP.search(statement):
+        kinds.add(SessionChange.TEMP_TABLE)
+    if _ADVISORY.search(statement):
+        kinds.add(SessionChange.ADVISORY_LOCK)
+    for call in _SET_CONFIG.finditer(statement):
+        if not _IS_LOCAL_TRUE.search(_call_args(statement, call.end())):
+            kinds.add(SessionChange.SETTING)
+    return kinds
 
 
 def _call_args(text: str, start: int) -> str:
@@ -197,4 +264,6 @@ def _sql_text(query: psycopg.sql.Composable) -> str:
 
 def merge_info(info: StatementInfo, extra: StatementInfo) -> StatementInfo:
     """What two inspections say together."""
-    return StatementInfo(info.changes | extra.changes, info.begins or extra.begins)
+    return StatementInfo(
+        info.changes | extra.changes, info.begins or extra.begins, info.undoes | extra.undoes
+    )

@@ -34,7 +34,14 @@ from psycopg.rows import Row
 
 from ._acompat import NO_GUARD, BindLock, Guard, Lock, NoGuard
 from ._psycopg import forget_transaction_blocks, reported_changed, run_setting, tpc_begun
-from ._session_state import NOT_RESETTABLE, PLAIN, StatementInfo
+from ._session_state import (
+    NOT_RESETTABLE,
+    PLAIN,
+    UNDONE_BY_TEXT,
+    UNSEEN,
+    SessionChange,
+    StatementInfo,
+)
 from .connection import PooledConnection
 from .cursor import BindingCursor, BindingServerCursor
 from .errors import IdleInTransactionTimeout, PolicyViolation
@@ -56,8 +63,12 @@ class TransactionModeConnection(PooledConnection[Row]):
     _cursor_mixin = BindingCursor
     _server_cursor_mixin = BindingServerCursor
 
-    #: the client changed session state: it keeps its server connection until it closes
+    #: the client changed session state: it keeps its server connection until that state is
+    #: undone (``_pins``, the kinds of it, empty again) or it closes
     _pinned: bool
+    _pins: set[SessionChange]
+    #: kinds of session state that statements since the last check may have undone
+    _undo_pending: set[SessionChange]
     #: open blocks, streams and COPYs that keep the server connection
     _holds: int
     #: statements under way on the server connection (threads or tasks sharing the client)
@@ -79,6 +90,8 @@ class TransactionModeConnection(PooledConnection[Row]):
         self = super()._for_pool(pool, timeout)
         assert isinstance(self, TransactionModeConnection)
         self._pinned = False
+        self._pins = set()
+        self._undo_pending = set()
         self._holds = self._users = 0
         self._state_lock = Lock()
         self._bind_lock = BindLock()
@@ -124,9 +137,11 @@ class TransactionModeConnection(PooledConnection[Row]):
                 if info.begins:
                     self._on(Event.BEGIN, "an explicit BEGIN")
                 if info.changes:
-                    self._on(Event.SESSION_STATE, info.detail)
+                    self._on(Event.SESSION_STATE, info.detail, info.changes)
                     if info.changes & NOT_RESETTABLE:
                         self._discard = True
+                if info.undoes and self._pinned:
+                    self._undo_pending |= info.undoes
             if not self._box:
                 pool = self._owner
                 if event in pool._refused_when_idle:
@@ -152,18 +167,23 @@ class TransactionModeConnection(PooledConnection[Row]):
             if not self._box:
                 self._bind()
 
-    def _on(self, event: Event, detail: str) -> None:
+    def _on(
+        self, event: Event, detail: str, changes: frozenset[SessionChange] = frozenset()
+    ) -> None:
         policy = self._owner.policy
         action = policy.decide(self.state, event, detail)
         if action is Action.REFUSE:
             raise PolicyViolation(policy.refusal(event, detail))
         if action is Action.RESET:
             self._dirty = True
-        elif action is Action.PIN and not self._pinned:
+        elif action is Action.PIN:
             if not self._box:
                 self._bind_once()
-            self._pinned = self._dirty = True
-            self._owner._client_pinned(detail)
+            self._pins |= changes
+            self._dirty = True
+            if not self._pinned:
+                self._pinned = True
+                self._owner._client_pinned(detail)
 
     def _hold(self, delta: int) -> None:
         with self._state_lock:
@@ -176,6 +196,8 @@ class TransactionModeConnection(PooledConnection[Row]):
         try:
             slot = None
             pool = self._owner
+            if self._undo_pending and self._pinned and self._users == 1 and not self._holds:
+                self._recheck_pins()
             with self._state_lock:
                 self._users -= 1
                 if self._box:
@@ -199,6 +221,28 @@ class TransactionModeConnection(PooledConnection[Row]):
         finally:
             self._guard.release()
 
+    def _recheck_pins(self) -> None:
+        """Statements that may undo what pinned the client ran (UNLISTEN, DISCARD TEMP, RESET
+        ALL...): for settings and roles the text is enough; for the rest the server is asked
+        (one query, only now). A client left with no reason to be pinned is unpinned: its next
+        release resets the session (DISCARD ALL) and it borrows per transaction again."""
+        pending, self._undo_pending = self._undo_pending, set()
+        pins = self._pins
+        pins -= pending & UNDONE_BY_TEXT
+        to_check = pins & pending
+        if to_check and self._box and self.pgconn.transaction_status == _IDLE:
+            left = self._owner._session_state_left(self._box[0], self.lock)
+            if left is not None:
+                pins -= to_check - left
+        if not pins:  # (LOAD, which nothing undoes, never leaves)
+            self._pinned = False
+            self._owner._client_unpinned()
+
+    def _unpin(self) -> None:
+        self._pinned = False
+        self._pins.clear()
+        self._undo_pending.clear()
+
     def _unseen_session_change(self) -> bool:
         """The server reported a session parameter changing, which no statement's text
         showed (a function calling set_config, SET ROLE in a DO block): the policy decides as
@@ -211,6 +255,7 @@ class TransactionModeConnection(PooledConnection[Row]):
         self._dirty = True
         if action is Action.PIN:
             self._pinned = True
+            self._pins |= UNSEEN  # what changed is not known: only a RESET or DISCARD ALL tells
             self._owner._client_pinned(detail)
             return True
         if action is Action.REFUSE:

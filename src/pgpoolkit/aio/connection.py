@@ -266,6 +266,10 @@ class AsyncPooledConnection(AsyncConnection[Row]):
         finally:
             pool._clients.discard(self)
 
+    def _unpin(self) -> None:
+        """Forget a pin (the server connection went back, reset)."""
+        self._pinned = False
+
     def _take_slot(self, standin: Any) -> Slot[AsyncConnection[Any]] | None:
         """Claim the bound server connection (one pop: whichever thread claims it first) and
         leave ``standin`` in its place."""

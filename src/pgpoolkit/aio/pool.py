@@ -56,6 +56,7 @@ from .._psycopg import (
     restore_prepared_settings,
     server_handlers,
 )
+from .._session_state import SESSION_STATE_COLUMNS, SESSION_STATE_QUERY, SessionChange
 from ..errors import PoolTimeout, TooManyClients
 from ..policies import Action, ClientState, Policy
 from ..policies import Event as ClientEvent
@@ -456,7 +457,9 @@ class AsyncPool:
         conn = slot.conn
         restore_prepared_settings(conn, slot.defaults[7])
         dirty, discard, pinned = client._dirty, client._discard, client._pinned
-        client._dirty = client._discard = client._pinned = False
+        client._dirty = client._discard = False
+        if pinned:
+            client._unpin()
         statements, transactions = client._statements, client._transactions
         client._statements = client._transactions = 0
         if statements and not dirty and not checked and reported_changed(slot):
@@ -813,6 +816,37 @@ class AsyncPool:
                 self.policy.name,
                 detail,
             )
+
+    def _client_unpinned(self) -> None:
+        """A pinned client undid the session state that pinned it."""
+        with self._lock:
+            self._core.client_released(True, 0, 0)
+
+    async def _session_state_left(
+        self, slot: Slot[AsyncConnection[Any]], client_lock: Any
+    ) -> set[SessionChange] | None:
+        """Which kinds of session state a client's server connection holds now (one query,
+        outside any transaction; None if it cannot be asked now). ``client_lock`` is the
+        client's psycopg lock: no statement of the client runs meanwhile."""
+        conn = slot.conn
+        async with client_lock:
+            if conn.pgconn.transaction_status != _IDLE:
+                return None
+            autocommit = conn.autocommit
+            try:
+                if not autocommit:
+                    await conn.set_autocommit(True)
+                cursor = await conn.execute(SESSION_STATE_QUERY, prepare=False)
+                row = await cursor.fetchone()
+            except Exception as ex:
+                logger.debug("pool %r: could not look at the session state: %s", self.name, ex)
+                return None
+            finally:
+                if not autocommit and conn.pgconn.transaction_status == _IDLE:
+                    await conn.set_autocommit(False)
+        if row is None:
+            return None
+        return {kind for kind, present in zip(SESSION_STATE_COLUMNS, row, strict=True) if present}
 
     def _client_lost(self, slot: Slot[AsyncConnection[Any]] | None, pinned: bool) -> None:
         """A client was garbage-collected without close(): its server connection, whose state

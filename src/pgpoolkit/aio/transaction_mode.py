@@ -32,7 +32,14 @@ from psycopg.rows import Row
 
 from .._acompat import NO_GUARD, ABindLock, AGuard, ALock, NoGuard
 from .._psycopg import forget_transaction_blocks, reported_changed, run_setting, tpc_begun
-from .._session_state import NOT_RESETTABLE, PLAIN, StatementInfo
+from .._session_state import (
+    NOT_RESETTABLE,
+    PLAIN,
+    UNDONE_BY_TEXT,
+    UNSEEN,
+    SessionChange,
+    StatementInfo,
+)
 from ..errors import IdleInTransactionTimeout, PolicyViolation
 from ..policies import Action, ClientState, Event
 from .connection import AsyncPooledConnection
@@ -54,8 +61,12 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
     _cursor_mixin = AsyncBindingCursor
     _server_cursor_mixin = AsyncBindingServerCursor
 
-    #: the client changed session state: it keeps its server connection until it closes
+    #: the client changed session state: it keeps its server connection until that state is
+    #: undone (``_pins``, the kinds of it, empty again) or it closes
     _pinned: bool
+    _pins: set[SessionChange]
+    #: kinds of session state that statements since the last check may have undone
+    _undo_pending: set[SessionChange]
     #: open blocks, streams and COPYs that keep the server connection
     _holds: int
     #: statements under way on the server connection (threads or tasks sharing the client)
@@ -77,6 +88,8 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
         self = super()._for_pool(pool, timeout)
         assert isinstance(self, AsyncTransactionModeConnection)
         self._pinned = False
+        self._pins = set()
+        self._undo_pending = set()
         self._holds = self._users = 0
         self._state_lock = ALock()
         self._bind_lock = ABindLock()
@@ -122,9 +135,11 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
                 if info.begins:
                     await self._on(Event.BEGIN, "an explicit BEGIN")
                 if info.changes:
-                    await self._on(Event.SESSION_STATE, info.detail)
+                    await self._on(Event.SESSION_STATE, info.detail, info.changes)
                     if info.changes & NOT_RESETTABLE:
                         self._discard = True
+                if info.undoes and self._pinned:
+                    self._undo_pending |= info.undoes
             if not self._box:
                 pool = self._owner
                 if event in pool._refused_when_idle:
@@ -150,18 +165,23 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
             if not self._box:
                 await self._bind()
 
-    async def _on(self, event: Event, detail: str) -> None:
+    async def _on(
+        self, event: Event, detail: str, changes: frozenset[SessionChange] = frozenset()
+    ) -> None:
         policy = self._owner.policy
         action = policy.decide(self.state, event, detail)
         if action is Action.REFUSE:
             raise PolicyViolation(policy.refusal(event, detail))
         if action is Action.RESET:
             self._dirty = True
-        elif action is Action.PIN and not self._pinned:
+        elif action is Action.PIN:
             if not self._box:
                 await self._bind_once()
-            self._pinned = self._dirty = True
-            self._owner._client_pinned(detail)
+            self._pins |= changes
+            self._dirty = True
+            if not self._pinned:
+                self._pinned = True
+                self._owner._client_pinned(detail)
 
     def _hold(self, delta: int) -> None:
         with self._state_lock:
@@ -174,6 +194,8 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
         try:
             slot = None
             pool = self._owner
+            if self._undo_pending and self._pinned and self._users == 1 and not self._holds:
+                await self._recheck_pins()
             with self._state_lock:
                 self._users -= 1
                 if self._box:
@@ -197,6 +219,28 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
         finally:
             self._guard.release()
 
+    async def _recheck_pins(self) -> None:
+        """Statements that may undo what pinned the client ran (UNLISTEN, DISCARD TEMP, RESET
+        ALL...): for settings and roles the text is enough; for the rest the server is asked
+        (one query, only now). A client left with no reason to be pinned is unpinned: its next
+        release resets the session (DISCARD ALL) and it borrows per transaction again."""
+        pending, self._undo_pending = self._undo_pending, set()
+        pins = self._pins
+        pins -= pending & UNDONE_BY_TEXT
+        to_check = pins & pending
+        if to_check and self._box and self.pgconn.transaction_status == _IDLE:
+            left = await self._owner._session_state_left(self._box[0], self.lock)
+            if left is not None:
+                pins -= to_check - left
+        if not pins:  # (LOAD, which nothing undoes, never leaves)
+            self._pinned = False
+            self._owner._client_unpinned()
+
+    def _unpin(self) -> None:
+        self._pinned = False
+        self._pins.clear()
+        self._undo_pending.clear()
+
     def _unseen_session_change(self) -> bool:
         """The server reported a session parameter changing, which no statement's text
         showed (a function calling set_config, SET ROLE in a DO block): the policy decides as
@@ -209,6 +253,7 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
         self._dirty = True
         if action is Action.PIN:
             self._pinned = True
+            self._pins |= UNSEEN  # what changed is not known: only a RESET or DISCARD ALL tells
             self._owner._client_pinned(detail)
             return True
         if action is Action.REFUSE:
