@@ -42,7 +42,7 @@ class Slot(Generic[T]):
     """One server connection owned by the pool, and its bookkeeping."""
 
     __slots__ = ("checked_out_at", "conn", "created_at", "defaults", "expires_at", "generation",
-                 "last_used", "out", "probe", "settings")
+                 "last_used", "out", "probe", "reported", "session", "settings")
 
     def __init__(self, conn: T, now: float, expires_at: float, generation: int) -> None:
         self.conn = conn
@@ -56,9 +56,14 @@ class Slot(Generic[T]):
         #: the shell's liveness probe for this connection's socket
         self.probe: object = None
         #: what the shell knows of the connection as it was made, to restore it on return
-        self.defaults: tuple[Any, ...] = ()
+        self.defaults: Any = None
         #: the settings a client may change and the pool restores on return
         self.settings: tuple[Any, ...] = ()
+        #: the session settings transaction-mode clients set on it (name -> SQL value), which
+        #: the next client's bind makes its own (SET or RESET where they differ)
+        self.session: dict[str, str] = {}
+        #: what the server last reported of its session parameters, as the pool expects it
+        self.reported: tuple[Any, ...] = ()
 
 
 class Waiter(Protocol[T]):

@@ -10,6 +10,7 @@ fails loudly on a psycopg release that moved any of them (supported: psycopg 3.2
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
 from weakref import ref
@@ -28,6 +29,7 @@ __all__ = [
     "RETURNED",
     "UNOPENED",
     "BetweenTransactions",
+    "ServerDefaults",
     "adopt_settings",
     "apply_prepared_settings",
     "attach",
@@ -46,7 +48,7 @@ __all__ = [
     "reported_parameters",
     "restore_prepared_settings",
     "run_setting",
-    "server_handlers",
+    "server_defaults",
     "tpc_begun",
 ]
 
@@ -147,12 +149,6 @@ def check_connection_ok(self: BaseConnection[Any]) -> None:
     BaseConnection._check_connection_ok(self)
 
 
-def server_handlers(pgconn: PGconn) -> tuple[Any, Any]:
-    """The notice and notify callbacks psycopg set on a server connection's libpq connection,
-    to put back when a client that borrowed it lets go."""
-    return (pgconn.notice_handler, pgconn.notify_handler)
-
-
 #: session parameters the server reports to the client when they change (ParameterStatus): a
 #: change the statement's text did not show (a function running SET ROLE or set_config, a DO
 #: block) is caught by comparing them with the connection's values when it was opened
@@ -176,12 +172,43 @@ def reported_parameters(pgconn: PGconn) -> tuple[bytes | None, ...]:
 
 
 def reported_changed(slot: Any) -> bool:
-    """The server reported a session parameter changing since the connection was opened."""
+    """The server reported a session parameter changing since the connection was opened (or
+    since the pool last set its clients' settings on it)."""
     try:
         now = tuple(map(slot.conn.pgconn.parameter_status, REPORTED_PARAMETERS))
-        return bool(now != slot.defaults[4])
+        return bool(now != slot.reported)
     except Exception:  # a closed connection: it will not be reused anyway
         return False
+
+
+@dataclass(frozen=True, slots=True)
+class ServerDefaults:
+    """What a server connection was like when the pool opened it: what the pool restores when
+    a client, or a getconn() user, gives it back."""
+
+    #: autocommit, isolation level, read-only, deferrable (psycopg keeps them on the object)
+    settings: tuple[Any, ...]
+    #: REPORTED_PARAMETERS' values: a session change no statement showed differs from them
+    reported: tuple[bytes | None, ...]
+    #: the pool's notice handlers on the object (the liveness probe's)
+    notice_handlers: tuple[Any, ...]
+    #: the libpq connection's notice and notify callbacks, pointed at a client while it
+    #: borrows the connection
+    callbacks: tuple[Any, Any]
+    #: prepare_threshold and prepared_max
+    prepared: tuple[int | None, int]
+
+
+def server_defaults(conn: BaseConnection[Any]) -> ServerDefaults:
+    """Take a new server connection's ServerDefaults."""
+    pgconn = conn.pgconn
+    return ServerDefaults(
+        settings=(conn.autocommit, conn.isolation_level, conn.read_only, conn.deferrable),
+        reported=reported_parameters(pgconn),
+        notice_handlers=tuple(conn._notice_handlers),
+        callbacks=(pgconn.notice_handler, pgconn.notify_handler),
+        prepared=prepared_settings(conn),
+    )
 
 
 def mark_closed(conn: BaseConnection[Any], closed: bool) -> None:

@@ -280,7 +280,7 @@ class PooledConnection(Connection[Row]):
         except IndexError:
             self.pgconn = standin
             return None
-        detach(self, standin, slot.defaults[6])
+        detach(self, standin, slot.defaults.callbacks)
         return slot
 
     def __enter__(self) -> PooledConnection[Row]:

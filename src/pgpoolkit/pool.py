@@ -50,11 +50,9 @@ from ._psycopg import (
     BetweenTransactions,
     drop_client_handlers,
     forget_prepared,
-    prepared_settings,
     reported_changed,
-    reported_parameters,
     restore_prepared_settings,
-    server_handlers,
+    server_defaults,
 )
 from ._session_state import SESSION_STATE_COLUMNS, SESSION_STATE_QUERY, SessionChange
 from .connection import PooledConnection, pooled_class
@@ -450,7 +448,7 @@ class Pool:
         settings) is undone; what it changed on its own connection object stays there.
         ``checked``: the caller compared the reported session parameters already."""
         conn = slot.conn
-        restore_prepared_settings(conn, slot.defaults[7])
+        restore_prepared_settings(conn, slot.defaults.prepared)
         dirty, discard, pinned = client._dirty, client._discard, client._pinned
         client._dirty = client._discard = False
         if pinned:
@@ -610,8 +608,10 @@ class Pool:
                 conn.set_autocommit(True)
                 conn.execute("DISCARD ALL", prepare=False)
                 forget_prepared(conn)
+                slot.session.clear()
+                slot.reported = slot.defaults.reported
                 if self._configure is not None:  # DISCARD ALL undid what configure set up
-                    conn.set_autocommit(slot.defaults[0])
+                    conn.set_autocommit(slot.defaults.settings[0])
                     self._configure(conn)
                     if conn.pgconn.transaction_status != _IDLE:
                         raise e.ProgrammingError("configure left a transaction open")
@@ -635,7 +635,7 @@ class Pool:
                 logger.warning("pool %r: reset left a transaction open, discarding", self.name)
                 return False
         if touched or dirty:  # last: the reset may receive some
-            drop_client_handlers(conn, slot.defaults[5])
+            drop_client_handlers(conn, slot.defaults.notice_handlers)
         return True
 
     # -- background work ------------------------------------------------------------------------
@@ -693,16 +693,7 @@ class Pool:
                     attempt += 1
                     continue
                 probe = make_probe(conn, _PROBE_HOLDS_GIL)
-                defaults = (
-                    conn.autocommit,
-                    conn.isolation_level,
-                    conn.read_only,
-                    conn.deferrable,
-                    reported_parameters(conn.pgconn),  # to see a session change the text hid
-                    tuple(getattr(conn, "_notice_handlers", ())),  # the pool's (the probe's)
-                    server_handlers(conn.pgconn),  # to restore when a client lets go
-                    prepared_settings(conn),  # likewise
-                )
+                defaults = server_defaults(conn)
                 if self._template is None:
                     self._template = conn
                     self._between = BetweenTransactions(self.policy.name, conn.pgconn)
@@ -712,7 +703,8 @@ class Pool:
                     counted = False
                     slot.probe = probe
                     slot.defaults = defaults
-                    slot.settings = defaults[:4]
+                    slot.settings = defaults.settings
+                    slot.reported = defaults.reported
                     self._core.place(slot, now)
                     if self._core.ready:
                         self._ready.set()

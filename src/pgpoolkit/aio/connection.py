@@ -278,7 +278,7 @@ class AsyncPooledConnection(AsyncConnection[Row]):
         except IndexError:
             self.pgconn = standin
             return None
-        detach(self, standin, slot.defaults[6])
+        detach(self, standin, slot.defaults.callbacks)
         return slot
 
     async def __aenter__(self) -> AsyncPooledConnection[Row]:
