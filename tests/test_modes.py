@@ -131,6 +131,12 @@ def one(conn: PooledConnection, query: str, params: Any = None) -> Any:
     return row[0]
 
 
+def one_row(conn: PooledConnection, query: str, params: Any = None) -> tuple[Any, ...]:
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return tuple(row)
+
+
 def backend_query(admin: Admin, pid: int) -> tuple[str, str]:
     """The last query a backend ran, and its state, as the server sees them."""
     row = admin.execute(
@@ -459,6 +465,9 @@ KINDS: dict[str, tuple[str, str]] = {
     ),
 }
 
+#: plain settings: a transaction-mode client keeps them instead of being pinned
+REPLAYED = ("set", "set_config")
+
 POLICIES: dict[str, Callable[[], str | Policy]] = {
     "session": lambda: "session",
     "transaction-pin": lambda: "transaction",
@@ -513,6 +522,10 @@ def test_session_state(
             if policy == "session":
                 assert state(c1) is ClientState.BOUND
                 assert pool.stats().clients_pinned == 0
+            elif kind in REPLAYED:  # kept by the client and set on what it borrows: no pin
+                assert state(c1) is ClientState.IDLE
+                stats = pool.stats()
+                assert stats.clients_pinned == 0 and stats.servers_active == 0
             else:
                 assert state(c1) is ClientState.PINNED
                 stats = pool.stats()
@@ -534,7 +547,7 @@ def test_session_state(
         if kind == "advisory_lock":
             locks = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 424242"
             assert one_admin(admin, locks) == 0
-        assert pinned_warnings(caplog) == (0 if policy == "session" else 1)
+        assert pinned_warnings(caplog) == (0 if policy == "session" or kind in REPLAYED else 1)
 
 
 def test_pinned_inside_a_transaction_keeps_its_backend(
@@ -1077,7 +1090,7 @@ def test_custom_policies(dsn: str, admin: Admin, table: str, app: str) -> None:
             c.execute("LISTEN pgpk_nolisten")
         assert state(c) is ClientState.IDLE
         assert one(c, "SELECT count(*) FROM pg_listening_channels()") == 0
-        c.execute("SET work_mem = '5MB'")  # other session state: pinned, as the base says
+        c.execute("CREATE TEMP TABLE pgpk_t (x int)")  # pinned, as the base says
         assert state(c) is ClientState.PINNED
         assert (ClientState.IDLE, Event.SESSION_STATE, "LISTEN") in policy.seen
         c.close()
@@ -1160,9 +1173,11 @@ UNPINS = {
         ["PREPARE pgpk_p1 AS SELECT 1", "PREPARE pgpk_p2 AS SELECT 2", "DEALLOCATE pgpk_p1"],
         ["DEALLOCATE pgpk_p2"],
     ),
-    "setting": (["SET work_mem = '7MB'", "SET statement_timeout = 5000"], ["RESET ALL"]),
+    # (two in one string: not a plain setting, which the client would keep instead of pinning)
+    "setting": (["SET work_mem = '7MB'; SET statement_timeout = 5000"], ["RESET ALL"]),
     "role": (["SET ROLE pg_monitor"], ["RESET ROLE"]),
-    "two_kinds": (["LISTEN pgpk_c", "SET work_mem = '7MB'", "RESET ALL"], ["UNLISTEN *"]),
+    "two_kinds": (["LISTEN pgpk_c", "SET work_mem = '7MB'; SET x.y = 1", "RESET ALL"],
+                  ["UNLISTEN *"]),
 }
 
 
@@ -1196,3 +1211,49 @@ def test_load_pins_for_good(dsn: str, app: str) -> None:
         assert state(c) is ClientState.PINNED
         c.close()
         assert pool.stats().clients_pinned == 0
+
+
+# -- plain settings in transaction mode: kept by the client, not pinned ---------------------------
+
+
+def test_plain_settings_follow_their_client(dsn: str, admin: Admin, app: str) -> None:
+    with make_pool(dsn, app, {"autocommit": True}, mode="transaction", max_size=2) as pool:
+        pool.wait()
+        a, b = pool.connect(), pool.connect()
+        a.execute("SET TIME ZONE 'Asia/Tokyo'")
+        a.execute("SELECT set_config('application_name', %s, false)", ["pgpk-a"])
+        a.execute("SET statement_timeout TO 4321")
+        assert state(a) is ClientState.IDLE and pool.stats().clients_pinned == 0
+        probe = "SELECT current_setting('TimeZone'), current_setting('statement_timeout')"
+        default = one_row(b, probe)
+        assert default[0] != "Asia/Tokyo"
+        # whichever server connection a borrows, its settings are there; b's are the defaults
+        for _ in range(3):
+            with a.transaction(), b.transaction():  # both bound at once: two connections
+                assert one_row(a, probe) == ("Asia/Tokyo", "4321ms")
+                assert one(a, "SELECT current_setting('application_name')") == "pgpk-a"
+                assert one_row(b, probe) == default
+            with b.transaction(), a.transaction():  # the other way round
+                assert one_row(a, probe) == ("Asia/Tokyo", "4321ms")
+                assert one_row(b, probe) == default
+        a.execute("RESET statement_timeout")
+        a.execute("SET TIME ZONE DEFAULT")
+        assert one_row(a, probe) == default
+        # a raw connection from getconn() gets no client's settings
+        a.execute("SET statement_timeout = 999")
+        raw = pool.getconn()
+        assert raw.execute("SHOW statement_timeout").fetchone() != ("999ms",)
+        pool.putconn(raw)
+        stats = pool.stats()
+        assert stats.clients_pinned == 0 and stats.returns_bad_total == 0
+        a.close()
+        b.close()
+
+
+def test_settings_inside_a_transaction_still_pin(dsn: str, app: str) -> None:
+    with make_pool(dsn, app, mode="transaction", max_size=1) as pool:
+        c = pool.connect()  # autocommit off: the SET belongs to a transaction it may roll back
+        c.execute("SET work_mem = '7MB'")
+        c.commit()
+        assert state(c) is ClientState.PINNED
+        c.close()

@@ -426,6 +426,9 @@ KINDS: dict[str, tuple[str, str]] = {
     ),
 }
 
+#: plain settings: a transaction-mode client keeps them instead of being pinned
+REPLAYED = ("set", "set_config")
+
 POLICIES: dict[str, Callable[[], str | Policy]] = {
     "session": lambda: "session",
     "transaction-pin": lambda: "transaction",
@@ -481,6 +484,10 @@ async def test_session_state(
             if policy == "session":
                 assert state(c1) is ClientState.BOUND
                 assert pool.stats().clients_pinned == 0
+            elif kind in REPLAYED:  # kept by the client and set on what it borrows: no pin
+                assert state(c1) is ClientState.IDLE
+                stats = pool.stats()
+                assert stats.clients_pinned == 0 and stats.servers_active == 0
             else:
                 assert state(c1) is ClientState.PINNED
                 stats = pool.stats()
@@ -502,7 +509,7 @@ async def test_session_state(
         if kind == "advisory_lock":
             locks = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = 424243"
             assert one_admin(admin, locks) == 0
-        assert pinned_warnings(caplog) == (0 if policy == "session" else 1)
+        assert pinned_warnings(caplog) == (0 if policy == "session" or kind in REPLAYED else 1)
 
 
 async def test_pinned_inside_a_transaction_keeps_its_backend(
@@ -1034,7 +1041,7 @@ async def test_custom_policies(dsn: str, admin: Admin, table: str, app: str) -> 
             await c.execute("LISTEN pgpk_nolisten")
         assert state(c) is ClientState.IDLE
         assert await one(c, "SELECT count(*) FROM pg_listening_channels()") == 0
-        await c.execute("SET work_mem = '5MB'")  # other session state: pinned, as the base says
+        await c.execute("CREATE TEMP TABLE pgpk_t (x int)")  # pinned, as the base says
         assert state(c) is ClientState.PINNED
         assert (ClientState.IDLE, Event.SESSION_STATE, "LISTEN") in policy.seen
         await c.close()
@@ -1121,3 +1128,21 @@ async def test_pin_ends_when_its_reasons_are_undone(dsn: str, app: str) -> None:
         assert pool.stats().clients_pinned == 0 and pool.stats().servers_active == 0
         assert await one(c, "SELECT count(*) FROM pg_listening_channels()") == 0
         await c.close()
+
+
+async def test_plain_settings_follow_their_client(dsn: str, app: str) -> None:
+    async with make_pool(dsn, app, {"autocommit": True}, mode="transaction", max_size=2) as pool:
+        await pool.wait()
+        a, b = await pool.connect(), await pool.connect()
+        await a.execute("SET search_path = pg_catalog, public")
+        assert state(a) is ClientState.IDLE and pool.stats().clients_pinned == 0
+        for _ in range(2):
+            async with a.transaction(), b.transaction():
+                assert await one(a, "SHOW search_path") == "pg_catalog, public"
+                assert await one(b, "SHOW search_path") != "pg_catalog, public"
+            async with b.transaction(), a.transaction():
+                assert await one(a, "SHOW search_path") == "pg_catalog, public"
+                assert await one(b, "SHOW search_path") != "pg_catalog, public"
+        await a.close()
+        await b.close()
+        assert pool.stats().returns_bad_total == 0

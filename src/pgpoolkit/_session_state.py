@@ -102,6 +102,8 @@ _UNDOES = [
     (re.compile(r"^\s*(?:RESET\s+SESSION\s+AUTHORIZATION|SET\s+SESSION\s+AUTHORIZATION"
                 r"\s+DEFAULT)\s*$", re.IGNORECASE), SessionChange.ROLE),
 ]
+#: what a plain SET changes
+SETTING_ONLY = frozenset({SessionChange.SETTING})
 #: the kinds whose undoing the text alone proves (RESET ALL, RESET ROLE, DISCARD ALL...); the
 #: others (LISTEN, temporary tables, advisory locks, SQL PREPARE, WITH HOLD cursors) are
 #: checked on the server (SESSION_STATE_QUERY), as an UNLISTEN of one channel leaves others
@@ -267,3 +269,82 @@ def merge_info(info: StatementInfo, extra: StatementInfo) -> StatementInfo:
     return StatementInfo(
         info.changes | extra.changes, info.begins or extra.begins, info.undoes | extra.undoes
     )
+
+
+# -- settings a transaction-mode client keeps, instead of pinning -----------------------------
+
+_PLAIN_SET = re.compile(
+    r"""^\s*SET\s+(?:SESSION\s+)?
+        (?:(?P<tz>TIME\s+ZONE)|(?P<name>[A-Za-z_][\w.]*))
+        \s*(?:=|\s+TO\s+|\s+(?=[^=\s]))\s*   # "=", "TO", or TIME ZONE's plain space
+        (?P<value>.+?)\s*;?\s*$""",
+    re.IGNORECASE | re.VERBOSE | re.DOTALL,
+)
+_PLAIN_RESET = re.compile(r"^\s*RESET\s+(?P<name>[A-Za-z_][\w.]*)\s*;?\s*$", re.IGNORECASE)
+_PLAIN_SET_CONFIG = re.compile(
+    r"""^\s*SELECT\s+(?:pg_catalog\.)?set_config\s*\(\s*
+        '(?P<name>[A-Za-z_][\w.]*)'\s*,\s*
+        (?:(?P<literal>'(?:[^']|'')*')|(?P<param>%s|%\(\w+\)s))
+        \s*,\s*false\s*\)\s*;?\s*$""",
+    re.IGNORECASE | re.VERBOSE,
+)
+#: what is not a plain setting: the role and authorization (security), and SET's other forms
+_NOT_SETTINGS = frozenset({
+    "role", "session", "authorization", "session_authorization", "transaction", "local",
+    "constraints",
+})
+#: the values SET TIME ZONE takes that ``SET timezone = ...`` takes too
+_TIME_ZONE_VALUE = re.compile(r"^(?:'(?:[^']|'')*'|[+-]?\d+(?:\.\d+)?)$")
+
+
+def plain_setting(query: Any, params: Any = None) -> tuple[str, str | None] | None:
+    """``(name, value)`` if the query is one plain session setting that a transaction-mode
+    client can keep and replay on the server connections it borrows: ``SET name = value``
+    (``TO``, ``SET TIME ZONE``), ``RESET name`` or ``SELECT set_config('name', value, false)``
+    with a literal value or one parameter. ``value`` is SQL text (None: the default)."""
+    if isinstance(query, bytes):
+        query = query.decode("utf-8", "replace")
+    if not isinstance(query, str) or "--" in query or "/*" in query:
+        return None
+    match = _PLAIN_SET.match(query)
+    if match:
+        name = "timezone" if match["tz"] else match["name"].lower()
+        value = match["value"]
+        if name in _NOT_SETTINGS or ";" in _NOISE.sub(" ", value):
+            return None
+        if value.upper() == "DEFAULT" or (match["tz"] and value.upper() == "LOCAL"):
+            return (name, None)
+        if match["tz"] and not _TIME_ZONE_VALUE.match(value):
+            return None  # INTERVAL '...' HOUR TO MINUTE: SET TIME ZONE's own syntax
+        return (name, value)
+    match = _PLAIN_RESET.match(query)
+    if match:
+        name = match["name"].lower()
+        return None if name in _NOT_SETTINGS or name == "all" else (name, None)
+    match = _PLAIN_SET_CONFIG.match(query)
+    if match:
+        name = match["name"].lower()
+        if name in _NOT_SETTINGS or name == "session_authorization":
+            return None
+        if match["literal"]:
+            return (name, match["literal"])
+        value = _only_param(match["param"], params)
+        return None if value is None else (name, _quote(value))
+    return None
+
+
+def _only_param(placeholder: str, params: Any) -> str | None:
+    if placeholder == "%s":
+        if isinstance(params, (list, tuple)) and len(params) == 1:
+            value = params[0]
+        else:
+            return None
+    elif isinstance(params, dict) and len(params) == 1:
+        value = next(iter(params.values()))
+    else:
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"

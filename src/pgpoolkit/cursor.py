@@ -96,10 +96,13 @@ class BindingCursor(_CursorBase):
 
     def execute(self, query: Any, params: Params | None = None, **kwargs: Any) -> Any:
         conn = self._conn
-        conn._use(inspect_query(query))
+        conn._use(inspect_query(query), query=query, params=params)
         try:
             point_at(self, conn.pgconn)
-            return super().execute(query, params, **kwargs)
+            result = super().execute(query, params, **kwargs)
+            if conn._replay is not None:
+                conn._kept_setting()
+            return result
         finally:
             conn._done()
 

@@ -114,12 +114,18 @@ class Policy:
         the autocommit setting of new clients (None: the connection's own default).
     ``way_out``
         what to tell a user whose operation the policy refuses.
+    ``replays_settings``
+        a client that borrows server connections keeps a plain ``SET name = value`` (``RESET
+        name``, ``set_config(name, value, false)``) run in autocommit instead of reporting a
+        session change: the pool sets it on each server connection the client borrows, where
+        it differs (transaction and statement modes: True).
     """
 
     name: str = "custom"
     table: Mapping[TableKey, Action] = {}
     autocommit: bool | None = None
     way_out: str = "use mode='session'"
+    replays_settings: bool = False
 
     def validate(self) -> None:
         """Check the table and ``decide()``: every (state, event) must answer an action that
@@ -205,6 +211,8 @@ class TransactionPolicy(Policy):
                 f"on_session_state must be 'pin' or 'error', got {on_session_state!r}"
             )
         self.on_session_state = on_session_state
+        #: plain settings are kept by the client and replayed, unless errors are wanted
+        self.replays_settings = on_session_state == "pin"
         self.table = {
             **self.base_table(),
             (None, Event.SESSION_STATE): (

@@ -95,10 +95,13 @@ class AsyncBindingCursor(_CursorBase):
 
     async def execute(self, query: Any, params: Params | None = None, **kwargs: Any) -> Any:
         conn = self._conn
-        await conn._use(inspect_query(query))
+        await conn._use(inspect_query(query), query=query, params=params)
         try:
             point_at(self, conn.pgconn)
-            return await super().execute(query, params, **kwargs)
+            result = await super().execute(query, params, **kwargs)
+            if conn._replay is not None:
+                conn._kept_setting()
+            return result
         finally:
             await conn._done()
 

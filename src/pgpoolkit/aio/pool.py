@@ -51,6 +51,7 @@ from .._psycopg import (
     drop_client_handlers,
     forget_prepared,
     reported_changed,
+    reported_parameters,
     restore_prepared_settings,
     server_defaults,
 )
@@ -430,6 +431,12 @@ class AsyncPool:
         """Check out a raw psycopg connection; give it back with :meth:`putconn`
         (psycopg_pool's low-level API)."""
         slot = await self._acquire(timeout)
+        if slot.session:  # settings transaction-mode clients keep: not for a raw connection
+            try:
+                await self._apply_session(slot, {})
+            except BaseException:
+                await self._discard(slot)
+                raise
         self._lent[slot.conn] = slot
         return slot.conn
 
@@ -808,6 +815,32 @@ class AsyncPool:
                 self.policy.name,
                 detail,
             )
+
+    async def _apply_session(
+        self, slot: Slot[AsyncConnection[Any]], wanted: dict[str, str]
+    ) -> None:
+        """Give a server connection the session settings a client keeps (``wanted``): SET
+        what differs, RESET what the client does not set; one round trip, none if they match.
+        The names and values come from statements the client ran itself (_session_state's
+        plain_setting: names are identifiers)."""
+        current = slot.session
+        statements = [
+            f"SET {name} = {value}" for name, value in wanted.items() if current.get(name) != value
+        ]
+        statements += [f"RESET {name}" for name in current if name not in wanted]
+        if not statements:
+            return
+        conn = slot.conn
+        autocommit = conn.autocommit
+        if not autocommit:
+            await conn.set_autocommit(True)
+        try:
+            await conn.execute("; ".join(statements), prepare=False)
+        finally:
+            if not autocommit and conn.pgconn.transaction_status == _IDLE:
+                await conn.set_autocommit(False)
+        slot.session = dict(wanted)
+        slot.reported = reported_parameters(conn.pgconn)
 
     def _client_unpinned(self) -> None:
         """A pinned client undid the session state that pinned it."""

@@ -31,14 +31,23 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import Row
 
 from .._acompat import NO_GUARD, ABindLock, AGuard, ALock, NoGuard
-from .._psycopg import forget_transaction_blocks, reported_changed, run_setting, tpc_begun
+from .._core import Slot
+from .._psycopg import (
+    forget_transaction_blocks,
+    reported_changed,
+    reported_parameters,
+    run_setting,
+    tpc_begun,
+)
 from .._session_state import (
     NOT_RESETTABLE,
     PLAIN,
+    SETTING_ONLY,
     UNDONE_BY_TEXT,
     UNSEEN,
     SessionChange,
     StatementInfo,
+    plain_setting,
 )
 from ..errors import IdleInTransactionTimeout, PolicyViolation
 from ..policies import Action, ClientState, Event
@@ -67,6 +76,11 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
     _pins: set[SessionChange]
     #: kinds of session state that statements since the last check may have undone
     _undo_pending: set[SessionChange]
+    #: the session settings the client keeps (name -> SQL value): set on every server
+    #: connection it borrows, instead of pinning it to one
+    _wanted: dict[str, str]
+    #: the setting the statement under way makes, kept if it succeeds
+    _replay: tuple[str, str | None] | None
     #: open blocks, streams and COPYs that keep the server connection
     _holds: int
     #: statements under way on the server connection (threads or tasks sharing the client)
@@ -90,6 +104,8 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
         self._pinned = False
         self._pins = set()
         self._undo_pending = set()
+        self._wanted = {}
+        self._replay = None
         self._holds = self._users = 0
         self._state_lock = ALock()
         self._bind_lock = ABindLock()
@@ -123,10 +139,16 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
             raise IdleInTransactionTimeout(message)
 
     async def _use(
-        self, info: StatementInfo = PLAIN, event: Event = Event.STATEMENT, detail: str = ""
+        self,
+        info: StatementInfo = PLAIN,
+        event: Event = Event.STATEMENT,
+        detail: str = "",
+        query: Any = None,
+        params: Any = None,
     ) -> None:
-        """Before running ``info`` on the server: ask the policy, and bind if holding no server
-        connection. The caller ends with ``_done()``, whatever happens."""
+        """Before running ``info`` (the scan of ``query``) on the server: ask the policy, and
+        bind if holding no server connection. The caller ends with ``_done()``, whatever
+        happens."""
         self._enter()
         with self._state_lock:
             self._users += 1
@@ -134,7 +156,7 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
             if info is not PLAIN:
                 if info.begins:
                     await self._on(Event.BEGIN, "an explicit BEGIN")
-                if info.changes:
+                if info.changes and not self._keeps_setting(info, query, params):
                     await self._on(Event.SESSION_STATE, info.detail, info.changes)
                     if info.changes & NOT_RESETTABLE:
                         self._discard = True
@@ -148,6 +170,49 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
         except BaseException:
             await self._done(False)
             raise
+
+    def _keeps_setting(self, info: StatementInfo, query: Any, params: Any) -> bool:
+        """A plain setting run in autocommit (it is committed as it runs): the client keeps it
+        and sets it on each server connection it borrows, instead of being pinned."""
+        if (
+            info.changes != SETTING_ONLY
+            or info.begins
+            or not self._owner.policy.replays_settings
+            or not self.autocommit
+            or self._holds
+            or (self._box and self.pgconn.transaction_status != _IDLE)
+        ):
+            return False
+        self._replay = plain_setting(query, params)
+        return self._replay is not None
+
+    def _kept_setting(self) -> None:
+        """The setting statement succeeded: the client and its server connection have it."""
+        replay, self._replay = self._replay, None
+        if replay is None or not self._box:
+            return
+        name, value = replay
+        slot = self._box[0]
+        if value is None:
+            self._wanted.pop(name, None)
+            slot.session.pop(name, None)
+        else:
+            self._wanted[name] = value
+            slot.session[name] = value
+        slot.reported = reported_parameters(slot.conn.pgconn)  # as the server reports it now
+
+    async def _bind(self, timeout: float | None = None) -> Slot[AsyncConnection[Any]]:
+        slot = await super()._bind(timeout)
+        if self._wanted != slot.session:  # the settings the client keeps, where they differ
+            try:
+                await self._owner._apply_session(slot, self._wanted)
+            except BaseException:
+                taken = self._take_slot(self._owner._between)
+                if taken is not None:
+                    self._dirty = True
+                    await self._owner._release_client(self, taken, False)
+                raise
+        return slot
 
     def _use_bound(self) -> bool:
         """Start an operation that needs no server connection unless one is held (commit,
@@ -191,6 +256,7 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
         """After a statement, commit or rollback (``ran``), or a block's end: count it, and
         give the server connection back if the server reports the transaction over and
         nothing else holds it."""
+        self._replay = None
         try:
             slot = None
             pool = self._owner
