@@ -213,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         command += pytest_args
         with server(args.dsn) as dsn:
             env["PSYCOPG_TEST_DSN"] = dsn
+            env.setdefault("COLUMNS", "200")  # pytest's short summary: don't cut the reasons
             # Like `tee`: show pytest's output as it comes, and keep it for the counts.
             proc = subprocess.Popen(
                 command, cwd=root, env=env, stdout=subprocess.PIPE, text=True, errors="replace"

@@ -29,6 +29,7 @@ from psycopg import Connection
 from psycopg.pq import TransactionStatus
 from psycopg.rows import Row
 
+from ._client import ClientRules, HandBack
 from ._core import Slot
 from ._psycopg import (
     RETURNED,
@@ -41,17 +42,9 @@ from ._psycopg import (
     mark_closed,
     prepared_settings,
 )
-from ._session_state import (
-    HELD,
-    NOT_RESETTABLE,
-    PLAIN,
-    StatementInfo,
-    inspect_query,
-    merge_info,
-)
+from ._session_state import HELD, PLAIN, inspect_query, merge_info
 from .cursor import WatchedCursor, WatchedServerCursor, watched
-from .errors import PolicyViolation
-from .policies import Action, ClientState, Event
+from .policies import ClientState, Event
 
 if TYPE_CHECKING:
     from .pool import Pool
@@ -84,16 +77,12 @@ class PooledConnection(Connection[Row]):
     _unopened: bool
     #: closed: its server connection went back to the pool for good
     _released: bool
-    #: the session was changed (SET, LISTEN...): reset it when the server connection goes back
-    _dirty: bool
-    #: the session was changed beyond what a reset undoes (LOAD): close the server connection
-    _discard: bool
+    #: what the policy decides for this client, and what it decided (_client.py)
+    _rules: ClientRules
     #: prepare_threshold and prepared_max as the client set them (None: the pool's)
     _chosen_prepared: tuple[int | None, int] | None
     _statements: int
     _transactions: int
-    #: session mode never pins: a client holds its server connection anyway
-    _pinned = False
 
     @classmethod
     def _for_pool(cls, pool: Pool, timeout: float | None) -> PooledConnection[Any]:
@@ -105,7 +94,7 @@ class PooledConnection(Connection[Row]):
         self._box = []
         self._timeout = timeout
         self._unopened = True
-        self._dirty = self._discard = False
+        self._rules = ClientRules(pool.policy)
         self._chosen_prepared = None
         self._statements = self._transactions = 0
         return self
@@ -174,11 +163,8 @@ class PooledConnection(Connection[Row]):
     def state(self) -> ClientState:
         """Where the client stands: idle (holding no server connection), bound, in transaction,
         or pinned."""
-        if not self._box:
-            return ClientState.IDLE
-        if self.pgconn.transaction_status == _IDLE:
-            return ClientState.BOUND
-        return ClientState.IN_TRANSACTION
+        bound = bool(self._box)
+        return self._rules.state(bound, bound and self.pgconn.transaction_status != _IDLE)
 
     @property
     def _slot(self) -> Slot[Connection[Any]] | None:
@@ -214,24 +200,20 @@ class PooledConnection(Connection[Row]):
             self._transactions += 1
         info = inspect_query(query)
         if info is not PLAIN or held:
-            self._session_change(merge_info(info, HELD) if held else info)
-
-    def _session_change(self, info: StatementInfo) -> None:
-        policy = self._owner.policy
-        state = self.state
-        if info.begins and policy.decide(state, Event.BEGIN, "an explicit BEGIN") is Action.REFUSE:
-            raise PolicyViolation(policy.refusal(Event.BEGIN, "an explicit BEGIN"))
-        if info.changes:
-            if policy.decide(state, Event.SESSION_STATE, info.detail) is Action.REFUSE:
-                raise PolicyViolation(policy.refusal(Event.SESSION_STATE, info.detail))
-            self._dirty = True
-            if info.changes & NOT_RESETTABLE:
-                self._discard = True
+            self._rules.before(
+                merge_info(info, HELD) if held else info,
+                Event.STATEMENT,
+                "",
+                True,
+                self.pgconn.transaction_status != _IDLE,
+            )
 
     def _refuse_begin(self, detail: str) -> None:
-        policy = self._owner.policy
-        if policy.decide(self.state, Event.BEGIN, detail) is Action.REFUSE:
-            raise PolicyViolation(policy.refusal(Event.BEGIN, detail))
+        """Ask the policy about a transaction starting (it raises PolicyViolation if refused)."""
+        self._rules.before(
+            PLAIN, Event.BEGIN, detail, bool(self._box),
+            bool(self._box) and self.pgconn.transaction_status != _IDLE,
+        )
 
     def transaction(self, *args: Any, **kwargs: Any) -> Any:
         if self._owner._begin_refused:
@@ -242,6 +224,14 @@ class PooledConnection(Connection[Row]):
         if not value and self._owner._begin_refused:
             self._refuse_begin("autocommit = False")
         return super()._set_autocommit_gen(value)
+
+    def _hand_back(self) -> tuple[HandBack, int, int]:
+        """The server connection goes back: what the pool must do with it, the statements and
+        transactions run on it; the client starts afresh."""
+        back = self._rules.hand_back()
+        counts = (self._statements, self._transactions)
+        self._statements = self._transactions = 0
+        return back, *counts
 
     def commit(self) -> None:
         self._transactions += 1
@@ -259,6 +249,8 @@ class PooledConnection(Connection[Row]):
         if self._released or self._unopened:
             return
         self._released = True
+        bound = bool(self._box)
+        self._rules.on_close(bound, bound and self.pgconn.transaction_status != _IDLE)
         mark_closed(self, True)
         pool = self._owner
         try:
@@ -267,10 +259,6 @@ class PooledConnection(Connection[Row]):
                 pool._release_client(self, slot, False)
         finally:
             pool._clients.discard(self)
-
-    def _unpin(self) -> None:
-        """Forget a pin (the server connection went back, reset)."""
-        self._pinned = False
 
     def _take_slot(self, standin: Any) -> Slot[Connection[Any]] | None:
         """Claim the bound server connection (one pop: whichever thread claims it first) and
@@ -317,7 +305,7 @@ class PooledConnection(Connection[Row]):
         # dropped without close(): the pool takes the server connection back all the same
         box = getattr(self, "_box", None)
         if box:
-            self._owner._client_lost(box[0], self._pinned)
+            self._owner._client_lost(box[0], self._rules.pinned)
 
 
 _pooled_classes: dict[tuple[type, type], type[PooledConnection[Any]]] = {}

@@ -92,7 +92,7 @@ ALLOWED: Mapping[Event, frozenset[Action]] = {
     Event.BEGIN: frozenset({Action.NONE, Action.BIND, Action.REFUSE}),
     Event.IDLE_AFTER: frozenset({Action.NONE, Action.RELEASE}),
     Event.SESSION_STATE: frozenset({Action.PIN, Action.RESET, Action.REFUSE}),
-    Event.CLOSE: frozenset({Action.NONE, Action.RELEASE}),
+    Event.CLOSE: frozenset({Action.NONE, Action.RELEASE, Action.RESET}),
 }
 
 #: ``None`` in a table key's state stands for any state

@@ -30,6 +30,7 @@ from ._acompat import (
     spawn,
     spawn_detached,
 )
+from ._client import binds_for_the_session
 from ._config import (
     PoolConfig,
     check_callback,
@@ -163,26 +164,14 @@ class Pool:
         self.idle_in_transaction_timeout = self._config.idle_in_transaction_timeout
         #: psycopg's close() of a getconn() connection calls putconn() when this is True
         self.close_returns = self._config.close_returns
-        # what every new client needs to know, decided once
-        self._binds_on_connect = (
-            self.policy.decide(ClientState.IDLE, ClientEvent.CONNECT) is Action.BIND
-        )
-        self._releases_when_idle = (
-            self.policy.decide(ClientState.BOUND, ClientEvent.IDLE_AFTER) is Action.RELEASE
-        )
-        #: a client keeps its server connection from connect to close: it is a psycopg
-        #: connection borrowing the server's (connection.py); in the other modes, a client that
-        #: binds per transaction or statement (transaction_client.py)
-        self._session_clients = self._binds_on_connect and not self._releases_when_idle
-        #: the policy may refuse a multi-statement transaction to a session-mode client
+        #: the policy binds a client from connect to close (session pooling): its clients are
+        #: psycopg connections borrowing one server connection (connection.py); otherwise they
+        #: borrow one per transaction or statement (transaction_mode.py)
+        self._session_clients = binds_for_the_session(self.policy)
+        #: the policy may refuse a multi-statement transaction to a session-mode client (a
+        #: flag, so that transaction() asks it only then)
         self._begin_refused = (
             self.policy.decide(ClientState.BOUND, ClientEvent.BEGIN) is Action.REFUSE
-        )
-        #: what a client holding no server connection may not start (a tuple: no enum hashing)
-        self._refused_when_idle = tuple(
-            event
-            for event in ClientEvent
-            if self.policy.decide(ClientState.IDLE, event) is Action.REFUSE
         )
         #: what pool.connect() hands out: a psycopg connection, of connection_class too
         self._client_class = pooled_class(
@@ -456,12 +445,8 @@ class Pool:
         ``checked``: the caller compared the reported session parameters already."""
         conn = slot.conn
         restore_prepared_settings(conn, slot.defaults.prepared)
-        dirty, discard, pinned = client._dirty, client._discard, client._pinned
-        client._dirty = client._discard = False
-        if pinned:
-            client._unpin()
-        statements, transactions = client._statements, client._transactions
-        client._statements = client._transactions = 0
+        back, statements, transactions = client._hand_back()
+        dirty, discard, pinned = back
         if statements and not dirty and not checked and reported_changed(slot):
             dirty = True
         if conn.pgconn.pipeline_status:  # closed in a pipeline: can't be reused

@@ -40,17 +40,13 @@ from .._psycopg import (
     tpc_begun,
 )
 from .._session_state import (
-    NOT_RESETTABLE,
     PLAIN,
     SETTING_ONLY,
-    UNDONE_BY_TEXT,
-    UNSEEN,
-    SessionChange,
     StatementInfo,
     plain_setting,
 )
-from ..errors import IdleInTransactionTimeout, PolicyViolation
-from ..policies import Action, ClientState, Event
+from ..errors import IdleInTransactionTimeout
+from ..policies import Event
 from .connection import AsyncPooledConnection
 from .cursor import AsyncBindingCursor, AsyncBindingServerCursor
 
@@ -70,22 +66,8 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
     _cursor_mixin = AsyncBindingCursor
     _server_cursor_mixin = AsyncBindingServerCursor
 
-    #: the client changed session state: it keeps its server connection until that state is
-    #: undone (``_pins``, the kinds of it, empty again) or it closes
-    _pinned: bool
-    _pins: set[SessionChange]
-    #: kinds of session state that statements since the last check may have undone
-    _undo_pending: set[SessionChange]
-    #: the session settings the client keeps (name -> SQL value): set on every server
-    #: connection it borrows, instead of pinning it to one
-    _wanted: dict[str, str]
-    #: the setting the statement under way makes, kept if it succeeds
-    _replay: tuple[str, str | None] | None
-    #: open blocks, streams and COPYs that keep the server connection
-    _holds: int
-    #: statements under way on the server connection (threads or tasks sharing the client)
-    _users: int
-    #: protects _users, _holds and the bound slot between threads (never held across I/O)
+    #: protects the rules' users and holds and the bound slot between threads (never held
+    #: across I/O)
     _state_lock: Any
     #: one binder at a time (held while the pool is waited for)
     _bind_lock: Any
@@ -96,33 +78,28 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
     _aborted: str | None
     #: the blocks open when it was lost: each raises at its exit, the last one clears _aborted
     _aborted_holds: int
+    #: the session settings the client keeps (name -> SQL value): set on every server
+    #: connection it borrows, instead of pinning it to one
+    _wanted: dict[str, str]
+    #: the setting the statement under way makes, kept if it succeeds
+    _replay: tuple[str, str | None] | None
 
     @classmethod
     def _for_pool(cls, pool: AsyncPool, timeout: float | None) -> AsyncPooledConnection[Any]:
         self = super()._for_pool(pool, timeout)
         assert isinstance(self, AsyncTransactionModeConnection)
-        self._pinned = False
-        self._pins = set()
-        self._undo_pending = set()
-        self._wanted = {}
-        self._replay = None
-        self._holds = self._users = 0
         self._state_lock = ALock()
         self._bind_lock = ABindLock()
         self._guard = AGuard() if pool.idle_in_transaction_timeout else NO_GUARD
         self._aborted = None
         self._aborted_holds = 0
+        self._wanted = {}
+        self._replay = None
         return self
 
     def _opened(self, template: AsyncConnection[Any] | None) -> None:
         super()._opened(template)
         self.pgconn = self._owner._between
-
-    @property
-    def state(self) -> ClientState:
-        if self._pinned:
-            return ClientState.PINNED
-        return super().state
 
     # -- binding per transaction ------------------------------------------------------------------
 
@@ -150,26 +127,25 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
         bind if holding no server connection. The caller ends with ``_done()``, whatever
         happens."""
         self._enter()
+        rules = self._rules
         with self._state_lock:
-            self._users += 1
+            rules.users += 1
         try:
-            if info is not PLAIN:
-                if info.begins:
-                    await self._on(Event.BEGIN, "an explicit BEGIN")
-                if info.changes and not self._keeps_setting(info, query, params):
-                    await self._on(Event.SESSION_STATE, info.detail, info.changes)
-                    if info.changes & NOT_RESETTABLE:
-                        self._discard = True
-                if info.undoes and self._pinned:
-                    self._undo_pending |= info.undoes
-            if not self._box:
-                pool = self._owner
-                if event in pool._refused_when_idle:
-                    raise PolicyViolation(pool.policy.refusal(event, detail))
-                await self._bind_once()
+            if info is not PLAIN or event is not Event.STATEMENT or not self._box:
+                kept = bool(info.changes) and self._keeps_setting(info, query, params)
+                pinned_now = rules.before(
+                    info, event, detail, bool(self._box), self._in_transaction(), kept
+                )
+                if not self._box:
+                    await self._bind_once()
+                if pinned_now is not None:
+                    self._owner._client_pinned(pinned_now)
         except BaseException:
             await self._done(False)
             raise
+
+    def _in_transaction(self) -> bool:
+        return bool(self._box) and self.pgconn.transaction_status != _IDLE
 
     def _keeps_setting(self, info: StatementInfo, query: Any, params: Any) -> bool:
         """A plain setting run in autocommit (it is committed as it runs): the client keeps it
@@ -179,8 +155,8 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
             or info.begins
             or not self._owner.policy.replays_settings
             or not self.autocommit
-            or self._holds
-            or (self._box and self.pgconn.transaction_status != _IDLE)
+            or self._rules.holds
+            or self._in_transaction()
         ):
             return False
         self._replay = plain_setting(query, params)
@@ -209,7 +185,7 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
             except BaseException:
                 taken = self._take_slot(self._owner._between)
                 if taken is not None:
-                    self._dirty = True
+                    self._rules.dirty = True
                     await self._owner._release_client(self, taken, False)
                 raise
         return slot
@@ -220,7 +196,7 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
         self._enter()
         with self._state_lock:
             if self._box:
-                self._users += 1
+                self._rules.users += 1
                 return True
         self._guard.release()
         return False
@@ -230,54 +206,32 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
             if not self._box:
                 await self._bind()
 
-    async def _on(
-        self, event: Event, detail: str, changes: frozenset[SessionChange] = frozenset()
-    ) -> None:
-        policy = self._owner.policy
-        action = policy.decide(self.state, event, detail)
-        if action is Action.REFUSE:
-            raise PolicyViolation(policy.refusal(event, detail))
-        if action is Action.RESET:
-            self._dirty = True
-        elif action is Action.PIN:
-            if not self._box:
-                await self._bind_once()
-            self._pins |= changes
-            self._dirty = True
-            if not self._pinned:
-                self._pinned = True
-                self._owner._client_pinned(detail)
-
     def _hold(self, delta: int) -> None:
         with self._state_lock:
-            self._holds += delta
+            self._rules.holds += delta
 
     async def _done(self, ran: bool = True) -> None:
         """After a statement, commit or rollback (``ran``), or a block's end: count it, and
-        give the server connection back if the server reports the transaction over and
-        nothing else holds it."""
+        give the server connection back if the policy says so."""
         self._replay = None
         try:
             slot = None
             pool = self._owner
-            if self._undo_pending and self._pinned and self._users == 1 and not self._holds:
+            rules = self._rules
+            if rules.undo_pending and rules.pins and rules.users == 1 and not rules.holds:
                 await self._recheck_pins()
             with self._state_lock:
-                self._users -= 1
+                rules.users -= 1
                 if self._box:
                     idle = self.pgconn.transaction_status == _IDLE
                     if ran:
                         self._statements += 1
                         if idle:
                             self._transactions += 1
-                    if (
-                        idle
-                        and not self._users
-                        and not self._holds
-                        and not self._pinned
-                        and pool._releases_when_idle
-                        and (self._dirty or not reported_changed(self._box[0])
-                             or not self._unseen_session_change())
+                    if rules.releases(idle) and (
+                        rules.dirty
+                        or not reported_changed(self._box[0])
+                        or not self._unseen_session_change()
                     ):
                         slot = self._take_slot(pool._between)
             if slot is not None:
@@ -290,62 +244,46 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
         ALL...): for settings and roles the text is enough; for the rest the server is asked
         (one query, only now). A client left with no reason to be pinned is unpinned: its next
         release resets the session (DISCARD ALL) and it borrows per transaction again."""
-        pending, self._undo_pending = self._undo_pending, set()
-        pins = self._pins
-        pins -= pending & UNDONE_BY_TEXT
-        to_check = pins & pending
+        rules = self._rules
+        was = rules.pinned
+        to_check = rules.undo_to_check()
         if to_check and self._box and self.pgconn.transaction_status == _IDLE:
             left = await self._owner._session_state_left(self._box[0], self.lock)
-            if left is not None:
-                pins -= to_check - left
-        if not pins:  # (LOAD, which nothing undoes, never leaves)
-            self._pinned = False
+            if left is not None:  # (None: could not ask now; they stay)
+                rules.still_there(to_check, left)
+        if was and not rules.pinned:
             self._owner._client_unpinned()
 
-    def _unpin(self) -> None:
-        self._pinned = False
-        self._pins.clear()
-        self._undo_pending.clear()
-
     def _unseen_session_change(self) -> bool:
-        """The server reported a session parameter changing, which no statement's text
-        showed (a function calling set_config, SET ROLE in a DO block): the policy decides as
-        for any session state change, except that it is too late to refuse it; whatever it
-        decides, the change is reset before another client gets the server connection.
-        True if the client is pinned now."""
-        detail = "a session parameter changed, as the server reported"
-        policy = self._owner.policy
-        action = policy.decide(self.state, Event.SESSION_STATE, detail)
-        self._dirty = True
-        if action is Action.PIN:
-            self._pinned = True
-            self._pins |= UNSEEN  # what changed is not known: only a RESET or DISCARD ALL tells
-            self._owner._client_pinned(detail)
-            return True
-        if action is Action.REFUSE:
+        """The server reported a session parameter changing that no statement showed (a
+        function calling set_config, SET ROLE in a DO block): reset before another client
+        gets the server connection, and pinned if the policy says so. True if pinned now."""
+        pinned_now, refused = self._rules.unseen_change(self._in_transaction())
+        if refused is not None:
             logger.warning(
-                "pool %r: %s; it already ran: the session is reset now",
-                self._owner.name,
-                policy.refusal(Event.SESSION_STATE, detail),
+                "pool %r: %s; it already ran: the session is reset now", self._owner.name, refused
             )
-        return False
+        if pinned_now:
+            self._owner._client_pinned("a session parameter changed, as the server reported")
+        return self._rules.pinned
 
     async def _abort_transaction(self, message: str) -> None:
         """Take the transaction away from a client idle in it too long (the pool's
         idle_in_transaction_timeout; the caller holds the guard): rolled back, the server
         connection released (kept if pinned), and the client told at its next use."""
+        rules = self._rules
         self._aborted = message
-        self._aborted_holds = self._holds
+        self._aborted_holds = rules.holds
         forget_transaction_blocks(self)
         pool = self._owner
         with self._state_lock:
             slot = self._box[0] if self._box else None
             if slot is None:
                 return
-            if not self._pinned:
-                self._holds = 0
+            if not rules.pinned:
+                rules.holds = 0
                 slot = self._take_slot(pool._between)
-        if not self._pinned:
+        if not rules.pinned:
             if slot is not None:
                 await pool._release_client(self, slot, False)
             return
@@ -354,8 +292,8 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
             await slot.conn.rollback()
         except Exception:  # a COPY or pipeline under way: the connection must go
             with self._state_lock:
-                self._holds = 0
-                self._dirty = True
+                rules.holds = 0
+                rules.dirty = True
                 slot = self._take_slot(pool._between)
             if slot is not None:
                 await pool._release_client(self, slot, False)
@@ -395,7 +333,6 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
     ) -> AsyncIterator[Any]:
         """A transaction block (a savepoint if one is already open): the client holds its
         server connection for the block."""
-        self._refuse_begin("transaction()")
         await self._use(PLAIN, Event.BEGIN, "transaction()")
         async with self._holding(), super(AsyncPooledConnection, self).transaction(
             savepoint_name, force_rollback
@@ -434,7 +371,6 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
     async def tpc_begin(self, xid: Any) -> None:
         """Begin a two-phase transaction: the client holds its server connection until it is
         prepared, committed or rolled back."""
-        self._refuse_begin("tpc_begin()")
         await self._use(PLAIN, Event.BEGIN, "tpc_begin()")
         try:
             await super().tpc_begin(xid)
