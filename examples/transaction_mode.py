@@ -8,6 +8,9 @@ from __future__ import annotations
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+import psycopg
+from psycopg.rows import dict_row
+
 import pgpoolkit
 
 
@@ -29,13 +32,22 @@ def main(dsn: str) -> None:
         stats = pool.stats()
         print(f"{stats.clients_open} clients open, {stats.servers_idle} server connections idle")
 
-        try:
-            clients[0].execute("SET search_path TO other")  # session state: this client is pinned
-        finally:
-            print("pinned clients:", pool.stats().clients_pinned)
+        # each client is a psycopg connection: its settings, row factory and adapters are its own
+        conn = clients[0]
+        assert isinstance(conn, psycopg.Connection)
+        conn.autocommit = True
+        conn.row_factory = dict_row
+        # a plain SET in autocommit: kept by the client, set on whatever it borrows, no pin
+        conn.execute("SET TIME ZONE 'Asia/Tokyo'")
+        print(conn.execute("SELECT current_setting('TimeZone') AS tz").fetchone())
+        print("clients[1] sees:", clients[1].execute("SHOW TimeZone").fetchone())
+        # LISTEN needs one server connection across transactions: the client is pinned...
+        conn.execute("LISTEN jobs")
+        print("pinned clients:", pool.stats().clients_pinned)
+        conn.execute("UNLISTEN jobs")  # ...until nothing needs it any more
+        print("pinned clients:", pool.stats().clients_pinned)
         for conn in clients:
-            conn.close()  # the pinned one's connection is reset (DISCARD ALL) on close
-
+            conn.close()
 
 if __name__ == "__main__":
     main(sys.argv[1] if len(sys.argv) > 1 else "")

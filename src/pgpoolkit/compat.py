@@ -37,11 +37,31 @@ CT = TypeVar("CT", bound="Connection[Any]")
 ACT = TypeVar("ACT", bound="AsyncConnection[Any]")
 
 
-class ConnectionPool(Pool, Generic[CT]):
+class _PsycopgPoolViews:
+    """Read-only views of the pool's state under psycopg_pool's private names, which code
+    (and psycopg's own pool tests) written for psycopg_pool looks at: ``_pool``, the idle
+    connections; ``_waiting``, the queued requests; ``_nconns``, the connections open."""
+
+    _core: Any
+
+    @property
+    def _pool(self) -> list[Any]:
+        return [slot.conn for slot in self._core.idle]
+
+    @property
+    def _waiting(self) -> list[Any]:
+        return list(self._core.waiters)
+
+    @property
+    def _nconns(self) -> int:
+        return int(self._core.size)
+
+
+class ConnectionPool(_PsycopgPoolViews, Pool, Generic[CT]):
     """psycopg_pool's ConnectionPool: a :class:`pgpoolkit.Pool`."""
 
 
-class AsyncConnectionPool(AsyncPool, Generic[ACT]):
+class AsyncConnectionPool(_PsycopgPoolViews, AsyncPool, Generic[ACT]):
     """psycopg_pool's AsyncConnectionPool: a :class:`pgpoolkit.AsyncPool`."""
 
 

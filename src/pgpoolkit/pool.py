@@ -221,6 +221,26 @@ class Pool:
         return self._core.max_size
 
     @property
+    def max_waiting(self) -> int:
+        """Queued requests beyond which TooManyRequests is raised (0: no limit)."""
+        return self._core.max_waiting
+
+    @property
+    def max_lifetime(self) -> float:
+        """Seconds after which a connection is replaced."""
+        return self._core.max_lifetime
+
+    @property
+    def max_idle(self) -> float:
+        """Seconds an idle connection is kept above min_size."""
+        return self._core.max_idle
+
+    @property
+    def reconnect_timeout(self) -> float:
+        """Seconds of failed attempts after which reconnect_failed is called."""
+        return self._core.reconnect_timeout
+
+    @property
     def num_workers(self) -> int:
         """Connection attempts under way at once, at most."""
         return self._config.num_workers
@@ -265,8 +285,10 @@ class Pool:
 
     def wait(self, timeout: float = 30.0) -> None:
         """Wait until min_size connections are open; on timeout close the pool and raise
-        PoolTimeout (as psycopg_pool does)."""
+        PoolTimeout (as psycopg_pool does). A closed pool raises PoolClosed at once."""
         check_timeout(timeout)
+        if self._core.closed or not self._core.opened:
+            raise self._core.closed_error()
         if not self._ready.wait_timeout(timeout):
             with self._lock:
                 state = self._core.describe()
@@ -787,8 +809,8 @@ class Pool:
         if first:  # once per pool: pinning is a design choice of the application, not an event
             logger.warning(
                 "pool %r (%s mode): a client changed session state (%s) and is pinned to its "
-                "server connection until it closes; this is logged once per pool, "
-                "see stats().clients_pinned",
+                "server connection until that state is undone or it closes; this is logged "
+                "once per pool, see stats().clients_pinned",
                 self.name,
                 self.policy.name,
                 detail,
