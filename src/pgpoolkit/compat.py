@@ -74,10 +74,7 @@ class NullConnectionPool(ConnectionPool[CT]):
     def __init__(
         self, conninfo: Any = "", *, min_size: int = 0, max_size: int | None = None, **kwargs: Any
     ) -> None:
-        super().__init__(
-            conninfo, min_size=min_size, max_size=sys.maxsize if max_size is None else max_size,
-            **kwargs,
-        )
+        super().__init__(conninfo, min_size=min_size, max_size=_no_cap(max_size), **kwargs)
 
 
 class AsyncNullConnectionPool(AsyncConnectionPool[ACT]):
@@ -88,7 +85,9 @@ class AsyncNullConnectionPool(AsyncConnectionPool[ACT]):
     def __init__(
         self, conninfo: Any = "", *, min_size: int = 0, max_size: int | None = None, **kwargs: Any
     ) -> None:
-        super().__init__(
-            conninfo, min_size=min_size, max_size=sys.maxsize if max_size is None else max_size,
-            **kwargs,
-        )
+        super().__init__(conninfo, min_size=min_size, max_size=_no_cap(max_size), **kwargs)
+
+
+def _no_cap(max_size: int | None) -> int:
+    """A null pool's max_size: None is no cap."""
+    return sys.maxsize if max_size is None else max_size
