@@ -17,7 +17,7 @@ from ._session_state import NOT_RESETTABLE, UNDONE_BY_TEXT, UNSEEN, SessionChang
 from .errors import PolicyViolation
 from .policies import Action, ClientState, Event, Policy
 
-__all__ = ["ClientRules", "HandBack", "SessionDetail", "binds_for_the_session"]
+__all__ = ["Answers", "ClientRules", "HandBack", "SessionDetail", "binds_for_the_session"]
 
 
 class SessionDetail(str):
@@ -52,6 +52,24 @@ def binds_for_the_session(policy: Policy) -> bool:
     )
 
 
+class Answers(NamedTuple):
+    """The policy's answers to the events of every statement, asked once per pool (a policy's
+    answer depends on the state and the event; only session changes carry a detail that
+    matters): what keeps the hot path to attribute reads."""
+
+    #: a client holding no server connection may run a statement (it binds for it)
+    statement_allowed_when_idle: bool
+    #: a client whose transaction ended gives its server connection back
+    releases_when_idle: bool
+
+    @classmethod
+    def of(cls, policy: Policy) -> Answers:
+        return cls(
+            policy.decide(ClientState.IDLE, Event.STATEMENT) is not Action.REFUSE,
+            policy.decide(ClientState.BOUND, Event.IDLE_AFTER) is Action.RELEASE,
+        )
+
+
 class ClientRules:
     """A client's state as its policy sees it, and the policy's answers.
 
@@ -59,10 +77,20 @@ class ClientRules:
     transaction is open there (``in_transaction``): that is the server's to say, not a rule.
     """
 
-    __slots__ = ("dirty", "discard", "holds", "pins", "policy", "undo_pending", "users")
+    __slots__ = (
+        "answers",
+        "dirty",
+        "discard",
+        "holds",
+        "pins",
+        "policy",
+        "undo_pending",
+        "users",
+    )
 
-    def __init__(self, policy: Policy) -> None:
+    def __init__(self, policy: Policy, answers: Answers | None = None) -> None:
         self.policy = policy
+        self.answers = answers or Answers.of(policy)
         #: the kinds of session state that keep the client on its server connection
         self.pins: set[SessionChange] = set()
         #: the kinds that statements since the last look may have undone
@@ -104,6 +132,10 @@ class ClientRules:
         ``info`` says more of. Raise PolicyViolation if the policy refuses any of it (nothing
         changed then). Return the detail to log if it pins the client now (None otherwise).
         ``kept_setting``: a plain setting the client keeps itself (not a session change)."""
+        if event is Event.STATEMENT and not info.begins and not info.changes and not info.undoes:
+            if not bound and not self.answers.statement_allowed_when_idle:
+                raise PolicyViolation(self.policy.refusal(Event.STATEMENT, detail))
+            return None  # a plain statement: the common case, no call into the policy
         state = self.state(bound, in_transaction)
         if event is not Event.STATEMENT:
             self._refuse_if(self.policy.decide(state, event, detail), event, detail)
@@ -134,9 +166,13 @@ class ClientRules:
         """After a statement, commit or rollback, or a block's end, with nobody else using
         the client: the policy's IDLE_AFTER, if the server reports no transaction open and
         nothing holds the server connection."""
-        if not idle or self.users or self.holds or self.pins:
-            return False
-        return self.policy.decide(ClientState.BOUND, Event.IDLE_AFTER) is Action.RELEASE
+        return (
+            idle
+            and not self.users
+            and not self.holds
+            and not self.pins
+            and self.answers.releases_when_idle
+        )
 
     def unseen_change(self, in_transaction: bool) -> tuple[bool, str | None]:
         """The server reported a session parameter changing that no statement showed: it is

@@ -30,7 +30,7 @@ from .._acompat import (
     aspawn,
     aspawn_detached,
 )
-from .._client import binds_for_the_session
+from .._client import Answers, binds_for_the_session
 from .._config import (
     PoolConfig,
     check_callback,
@@ -172,6 +172,8 @@ class AsyncPool:
         #: psycopg connections borrowing one server connection (connection.py); otherwise they
         #: borrow one per transaction or statement (transaction_mode.py)
         self._session_clients = binds_for_the_session(self.policy)
+        #: the policy's answers for every statement, asked once (_client.Answers)
+        self._answers = Answers.of(self.policy)
         #: the policy may refuse a multi-statement transaction to a session-mode client (a
         #: flag, so that transaction() asks it only then)
         self._begin_refused = (
