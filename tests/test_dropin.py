@@ -173,23 +173,30 @@ def test_notices_notifications_copy_pipeline_named_cursor(connect: Connect) -> N
         assert len(named.fetchmany(3)) == 3
 
 
-def test_cancel_a_running_query(connect: Connect) -> None:
+def test_cancel_a_running_query(connect: Connect, dsn: str) -> None:
     conn = connect()
     conn.autocommit = True
     outcome: list[BaseException] = []
+    marker = f"pgpk-cancel-{uuid.uuid4().hex[:8]}"
 
     def run() -> None:
         try:
-            conn.execute("SELECT pg_sleep(10)")
+            conn.execute(f"SELECT pg_sleep(10) /* {marker} */")
         except BaseException as ex:
             outcome.append(ex)
 
     thread = threading.Thread(target=run)
     thread.start()
-    deadline = 200
-    while conn.pgconn.transaction_status != psycopg.pq.TransactionStatus.ACTIVE and deadline:
-        thread.join(0.01)
-        deadline -= 1
+    # a cancel request that reaches the server before the query runs is lost: wait for it
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        for _ in range(500):
+            row = admin.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s",
+                [f"%{marker}%"],
+            ).fetchone()
+            if row and row[0]:
+                break
+            thread.join(0.01)
     conn.cancel_safe()
     thread.join(10)
     assert outcome and isinstance(outcome[0], psycopg.errors.QueryCanceled)

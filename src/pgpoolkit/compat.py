@@ -74,7 +74,14 @@ class NullConnectionPool(ConnectionPool[CT]):
     def __init__(
         self, conninfo: Any = "", *, min_size: int = 0, max_size: int | None = None, **kwargs: Any
     ) -> None:
+        _check_null_min_size(min_size)
         super().__init__(conninfo, min_size=min_size, max_size=_no_cap(max_size), **kwargs)
+
+    @property
+    def max_size(self) -> int:
+        """Connections open at once, at most (0: no cap, as psycopg_pool says)."""
+        size = self._core.max_size
+        return 0 if size == sys.maxsize else int(size)
 
 
 class AsyncNullConnectionPool(AsyncConnectionPool[ACT]):
@@ -85,9 +92,21 @@ class AsyncNullConnectionPool(AsyncConnectionPool[ACT]):
     def __init__(
         self, conninfo: Any = "", *, min_size: int = 0, max_size: int | None = None, **kwargs: Any
     ) -> None:
+        _check_null_min_size(min_size)
         super().__init__(conninfo, min_size=min_size, max_size=_no_cap(max_size), **kwargs)
+
+    @property
+    def max_size(self) -> int:
+        """Connections open at once, at most (0: no cap, as psycopg_pool says)."""
+        size = self._core.max_size
+        return 0 if size == sys.maxsize else int(size)
 
 
 def _no_cap(max_size: int | None) -> int:
     """A null pool's max_size: None is no cap."""
     return sys.maxsize if max_size is None else max_size
+
+
+def _check_null_min_size(min_size: int) -> None:
+    if min_size != 0:
+        raise ValueError(f"null pools keep no idle connection: min_size must be 0, got {min_size}")

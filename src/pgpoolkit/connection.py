@@ -91,6 +91,9 @@ class PooledConnection(Connection[Row]):
         mark_closed(self, True)  # not "broken": closed until opened
         self._released = False
         self._owner = pool
+        # psycopg's mark of a connection that belongs to a pool (what psycopg_pool sets):
+        # libraries look at it; psycopg's own uses of it (close(), __exit__) are overridden
+        self._pool = pool  # type: ignore[assignment]
         self._box = []
         self._timeout = timeout
         self._unopened = True

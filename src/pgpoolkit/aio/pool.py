@@ -650,10 +650,14 @@ class AsyncPool:
             try:
                 await self._reset(conn)
             except Exception as ex:
-                logger.warning("pool %r: reset failed, discarding connection: %s", self.name, ex)
+                logger.warning(
+                    "pool %r: reset failed, discarding connection %r: %s", self.name, conn, ex
+                )
                 return False
             if conn.pgconn.transaction_status != _IDLE:
-                logger.warning("pool %r: reset left a transaction open, discarding", self.name)
+                logger.warning(
+                    "pool %r: reset left a transaction open, discarding %r", self.name, conn
+                )
                 return False
         if touched or dirty:  # last: the reset may receive some
             drop_client_handlers(conn, slot.defaults.notice_handlers)
