@@ -182,6 +182,12 @@ class PooledConnection(Connection[Row]):
         if template is not None:
             adopt_settings(self, template, self._owner.policy.autocommit)
 
+    def _abandon(self) -> None:
+        """Opening failed: give back the server connection bound meanwhile, if any."""
+        if self._box:
+            self._unopened = False
+            self.close()
+
     def _bind(self, timeout: float | None = None) -> Slot[Connection[Any]]:
         pool = self._owner
         slot = pool._acquire(timeout)

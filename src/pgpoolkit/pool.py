@@ -421,18 +421,17 @@ class Pool:
         else:
             self._clients.add(client)
         try:
+            template: Connection[Any] | None
             if self._session_clients:
-                slot = client._bind(timeout)
-                client._opened(slot.conn)
+                template = (client._bind(timeout)).conn
             else:
                 if self._template is None:  # no server connection yet to take settings from
                     self._release(self._acquire(timeout))
-                client._opened(self._template)
+                template = self._template
+            client._opened(template)
         except BaseException:
             self._clients.discard(client)
-            if client._box:  # bound, then failed: give the server connection back
-                client._unopened = False
-                client.close()
+            client._abandon()
             raise
 
     def getconn(self, timeout: float | None = None) -> Connection[Any]:

@@ -180,6 +180,12 @@ class AsyncPooledConnection(AsyncConnection[Row]):
         if template is not None:
             adopt_settings(self, template, self._owner.policy.autocommit)
 
+    async def _abandon(self) -> None:
+        """Opening failed: give back the server connection bound meanwhile, if any."""
+        if self._box:
+            self._unopened = False
+            await self.close()
+
     async def _bind(self, timeout: float | None = None) -> Slot[AsyncConnection[Any]]:
         pool = self._owner
         slot = await pool._acquire(timeout)

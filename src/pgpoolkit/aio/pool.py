@@ -426,18 +426,17 @@ class AsyncPool:
         else:
             self._clients.add(client)
         try:
+            template: AsyncConnection[Any] | None
             if self._session_clients:
-                slot = await client._bind(timeout)
-                client._opened(slot.conn)
+                template = (await client._bind(timeout)).conn
             else:
                 if self._template is None:  # no server connection yet to take settings from
                     await self._release(await self._acquire(timeout))
-                client._opened(self._template)
+                template = self._template
+            client._opened(template)
         except BaseException:
             self._clients.discard(client)
-            if client._box:  # bound, then failed: give the server connection back
-                client._unopened = False
-                await client.close()
+            await client._abandon()
             raise
 
     async def getconn(self, timeout: float | None = None) -> AsyncConnection[Any]:
