@@ -65,48 +65,37 @@ class AsyncConnectionPool(_PsycopgPoolViews, AsyncPool, Generic[ACT]):
     """psycopg_pool's AsyncConnectionPool: a :class:`pgpoolkit.AsyncPool`."""
 
 
-class NullConnectionPool(ConnectionPool[CT]):
+class _NoIdleConnections:
+    """What makes a null pool of a pool: no connection kept idle, ``max_size=None`` no cap."""
+
+    _closes_on_return = True
+    _core: Any
+
+    def __init__(
+        self, conninfo: Any = "", *, min_size: int = 0, max_size: int | None = None, **kwargs: Any
+    ) -> None:
+        if min_size != 0:
+            raise ValueError(
+                f"null pools keep no idle connection: min_size must be 0, got {min_size}"
+            )
+        super().__init__(  # type: ignore[call-arg]  # the pool class that follows in the MRO
+            conninfo,
+            min_size=min_size,
+            max_size=sys.maxsize if max_size is None else max_size,
+            **kwargs,
+        )
+
+    @property
+    def max_size(self) -> int:
+        """Connections open at once, at most (0: no cap, as psycopg_pool says)."""
+        size = self._core.max_size
+        return 0 if size == sys.maxsize else int(size)
+
+
+class NullConnectionPool(_NoIdleConnections, ConnectionPool[CT]):
     """psycopg_pool's NullConnectionPool: a connection per checkout, closed when it is given
     back; ``max_size`` caps those open at once (``None``: no cap) and further requests wait."""
 
-    _closes_on_return = True
 
-    def __init__(
-        self, conninfo: Any = "", *, min_size: int = 0, max_size: int | None = None, **kwargs: Any
-    ) -> None:
-        _check_null_min_size(min_size)
-        super().__init__(conninfo, min_size=min_size, max_size=_no_cap(max_size), **kwargs)
-
-    @property
-    def max_size(self) -> int:
-        """Connections open at once, at most (0: no cap, as psycopg_pool says)."""
-        size = self._core.max_size
-        return 0 if size == sys.maxsize else int(size)
-
-
-class AsyncNullConnectionPool(AsyncConnectionPool[ACT]):
+class AsyncNullConnectionPool(_NoIdleConnections, AsyncConnectionPool[ACT]):
     """psycopg_pool's AsyncNullConnectionPool: see :class:`NullConnectionPool`."""
-
-    _closes_on_return = True
-
-    def __init__(
-        self, conninfo: Any = "", *, min_size: int = 0, max_size: int | None = None, **kwargs: Any
-    ) -> None:
-        _check_null_min_size(min_size)
-        super().__init__(conninfo, min_size=min_size, max_size=_no_cap(max_size), **kwargs)
-
-    @property
-    def max_size(self) -> int:
-        """Connections open at once, at most (0: no cap, as psycopg_pool says)."""
-        size = self._core.max_size
-        return 0 if size == sys.maxsize else int(size)
-
-
-def _no_cap(max_size: int | None) -> int:
-    """A null pool's max_size: None is no cap."""
-    return sys.maxsize if max_size is None else max_size
-
-
-def _check_null_min_size(min_size: int) -> None:
-    if min_size != 0:
-        raise ValueError(f"null pools keep no idle connection: min_size must be 0, got {min_size}")
