@@ -32,6 +32,7 @@ FILES = {
     PKG / "aio" / "connection.py": PKG / "connection.py",
     PKG / "aio" / "cursor.py": PKG / "cursor.py",
     PKG / "aio" / "transaction_mode.py": PKG / "transaction_mode.py",
+    PKG / "aio" / "manager.py": PKG / "manager.py",
 }
 
 RENAMES = {
@@ -45,6 +46,7 @@ RENAMES = {
     "aspawn": "spawn",
     "aspawn_detached": "spawn_detached",
     "agather": "gather",
+    "asleep": "sleep",
     "__aenter__": "__enter__",
     "__aexit__": "__exit__",
     "__anext__": "__next__",

@@ -12,9 +12,11 @@ min/max sizing), inside the application, with no extra process or network hop::
 
 from ._connect import connect
 from .aio.connection import AsyncPooledConnection
+from .aio.manager import AsyncPoolManager
 from .aio.pool import AsyncPool
 from .connection import PooledConnection
 from .errors import (
+    BudgetExceeded,
     IdleInTransactionTimeout,
     PolicyViolation,
     PoolClosed,
@@ -22,7 +24,9 @@ from .errors import (
     PoolTimeout,
     TooManyClients,
     TooManyRequests,
+    UnknownPool,
 )
+from .manager import PoolManager
 from .policies import (
     Action,
     ClientState,
@@ -33,14 +37,17 @@ from .policies import (
     TransactionPolicy,
 )
 from .pool import Pool
-from .stats import PoolStats
+from .stats import Budget, PoolInfo, PoolStats
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Action",
     "AsyncPool",
+    "AsyncPoolManager",
     "AsyncPooledConnection",
+    "Budget",
+    "BudgetExceeded",
     "ClientState",
     "Event",
     "IdleInTransactionTimeout",
@@ -49,6 +56,8 @@ __all__ = [
     "Pool",
     "PoolClosed",
     "PoolError",
+    "PoolInfo",
+    "PoolManager",
     "PoolStats",
     "PoolTimeout",
     "PooledConnection",
@@ -57,6 +66,7 @@ __all__ = [
     "TooManyClients",
     "TooManyRequests",
     "TransactionPolicy",
+    "UnknownPool",
     "__version__",
     "connect",
 ]

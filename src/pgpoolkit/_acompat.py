@@ -263,6 +263,9 @@ class AGuard:
 #: into it awaits, so it is never contended: a C lock is the cheapest context manager there is
 #: (cheaper than a Python class whose __enter__ does nothing).
 ALock = threading.Lock
+#: a pause (the pool manager's drain polls the pool it deletes)
+sleep = time.sleep
+asleep = asyncio.sleep
 #: a pooled connection's lock around binding (held while the pool is waited for)
 BindLock = threading.Lock
 ABindLock = asyncio.Lock

@@ -89,7 +89,7 @@ class BetweenTransactions(DetachedPGconn):
     encoding and the server's version and parameters are those of the pool's connections);
     whatever needs a server connection raises ``PolicyViolation`` with ``message``."""
 
-    __slots__ = ("_encoding", "_parameters", "db", "host", "port", "protocol_version",
+    __slots__ = ("_encoding", "_parameters", "db", "host", "mode", "port", "protocol_version",
                  "server_version", "user")
 
     status = ConnStatus.OK
@@ -97,10 +97,12 @@ class BetweenTransactions(DetachedPGconn):
 
     def __init__(self, mode: str, template: PGconn) -> None:
         super().__init__(
-            f"{mode} pooling mode: this connection holds no server connection between "
+            "{mode} pooling mode: this connection holds no server connection between "
             "transactions, and {what} needs one: use it inside a transaction() block, set it "
             "up in the pool's configure callback, or use mode='session'"
         )
+        #: the pool's mode, for the messages (a pool manager may change it live)
+        self.mode = mode
         self._encoding = template._encoding
         self.server_version = template.server_version
         self.protocol_version = template.protocol_version
@@ -115,10 +117,10 @@ class BetweenTransactions(DetachedPGconn):
         return self._parameters.get(name)
 
     def __getattr__(self, name: str) -> NoReturn:
-        raise PolicyViolation(self.message.format(what=repr(name)))
+        raise PolicyViolation(self.message.format(mode=self.mode, what=repr(name)))
 
     def refuse(self) -> NoReturn:
-        raise PolicyViolation(self.message.format(what="this"))
+        raise PolicyViolation(self.message.format(mode=self.mode, what="this"))
 
 
 #: the parameters a client between transactions can read (those the server reports at startup)

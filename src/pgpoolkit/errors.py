@@ -56,3 +56,16 @@ class IdleInTransactionTimeout(PoolError):
     """The client sat idle inside a transaction longer than the pool's
     ``idle_in_transaction_timeout``: its transaction was rolled back and its server connection
     given to others. Raised once, at the client's next use; the client can go on."""
+
+
+class BudgetExceeded(PoolError, ValueError):
+    """A PoolManager refused a pool size: the sizes of its pools together would exceed the
+    server's connection budget. The message says how much is left and which pools hold the
+    rest."""
+
+
+class UnknownPool(PoolError, KeyError):
+    """A PoolManager has no pool of that name; the message lists the names it has."""
+
+    def __str__(self) -> str:  # KeyError would show the message quoted
+        return str(self.args[0]) if self.args else ""

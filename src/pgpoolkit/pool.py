@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from time import monotonic
 from types import TracebackType
 from typing import Any
@@ -59,7 +60,7 @@ from ._psycopg import (
 from ._session_state import SESSION_STATE_COLUMNS, SESSION_STATE_QUERY, SessionChange
 from .connection import PooledConnection, pooled_class
 from .errors import PoolTimeout, TooManyClients
-from .policies import Action, ClientState, Policy
+from .policies import Action, ClientState, Policy, policy_for_mode
 from .policies import Event as ClientEvent
 from .stats import PoolStats
 from .transaction_mode import TransactionModeConnection
@@ -164,26 +165,11 @@ class Pool:
         self.idle_in_transaction_timeout = self._config.idle_in_transaction_timeout
         #: psycopg's close() of a getconn() connection calls putconn() when this is True
         self.close_returns = self._config.close_returns
-        #: the policy binds a client from connect to close (session pooling): its clients are
-        #: psycopg connections borrowing one server connection (connection.py); otherwise they
-        #: borrow one per transaction or statement (transaction_mode.py)
-        self._session_clients = binds_for_the_session(self.policy)
-        #: the policy's answers for every statement, asked once (_client.Answers)
-        self._answers = Answers.of(self.policy)
-        #: the policy may refuse a multi-statement transaction to a session-mode client (a
-        #: flag, so that transaction() asks it only then)
-        self._begin_refused = (
-            self.policy.decide(ClientState.BOUND, ClientEvent.BEGIN) is Action.REFUSE
-        )
-        #: what pool.connect() hands out: a psycopg connection, of connection_class too
-        self._client_class = pooled_class(
-            connection_class,
-            PooledConnection if self._session_clients else TransactionModeConnection,
-        )
         #: the first server connection opened: where new clients take their settings from
         self._template: Connection[Any] | None = None
         #: what transaction-mode clients hold between transactions (made with the template)
         self._between: Any = None
+        self._use_policy(self.policy)
         #: what a closed client holds
         self._returned: Any = RETURNED
         #: the connections handed out by getconn() and not yet given back to putconn()
@@ -206,6 +192,36 @@ class Pool:
 
         if open or open is None:
             self.open()
+
+    def _use_policy(self, policy: Policy) -> None:
+        """Decide once what the clients of ``policy`` need (and, on a live mode change, what
+        the clients opened from now on need: those open keep their own until they close, so
+        that no client loses its transaction)."""
+        self.policy = policy
+        #: the policy binds a client from connect to close (session pooling): its clients are
+        #: psycopg connections borrowing one server connection (connection.py); otherwise they
+        #: borrow one per transaction or statement (transaction_mode.py)
+        self._session_clients = binds_for_the_session(policy)
+        #: the policy's answers for every statement, asked once (_client.Answers)
+        self._answers = Answers.of(policy)
+        #: the policy may refuse a multi-statement transaction to a session-mode client (a
+        #: flag, so that transaction() asks it only then)
+        self._begin_refused = policy.decide(ClientState.BOUND, ClientEvent.BEGIN) is Action.REFUSE
+        #: what pool.connect() hands out: a psycopg connection, of connection_class too
+        self._client_class = pooled_class(
+            self.connection_class,
+            PooledConnection if self._session_clients else TransactionModeConnection,
+        )
+        if self._between is not None:
+            self._between.mode = policy.name
+
+    def set_mode(self, mode: str | Policy) -> None:
+        """Change the pooling mode while the pool runs: the connections opened from now on
+        follow it; those open keep theirs until they close, so that no client loses its
+        transaction."""
+        self._config = replace(self._config, policy=policy_for_mode(mode))
+        self._use_policy(self._config.policy)
+        logger.info("pool %r: mode changed to %s", self.name, self.policy.name)
 
     # -- properties -----------------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-__all__ = ["PoolStats"]
+__all__ = ["Budget", "PoolInfo", "PoolStats"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,3 +106,32 @@ class PoolStats:
         }
         gauges.update({k: v for k, v in counters.items() if v})
         return gauges
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """The server's connection budget as a manager shares it."""
+
+    #: connections the manager's pools may hold together
+    total: int
+    #: the sum of the pools' sizes
+    allocated: int
+    #: what is left for new or larger pools
+    available: int
+
+
+@dataclass(frozen=True, slots=True)
+class PoolInfo:
+    """One pool of a manager, and its live usage."""
+
+    name: str
+    database: str | None
+    user: str | None
+    mode: str
+    size: int
+    min_size: int
+    #: server connections in use and idle, clients open and waiting
+    servers_active: int
+    servers_idle: int
+    clients_open: int
+    clients_waiting: int

@@ -1,0 +1,178 @@
+"""PoolManager: named pools sharing one server's connection budget, against a real server."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgpoolkit import (
+    AsyncPoolManager,
+    Budget,
+    BudgetExceeded,
+    PolicyViolation,
+    PoolClosed,
+    PoolManager,
+    UnknownPool,
+)
+from pgpoolkit.testing import TemporaryPostgres
+
+Admin = psycopg.Connection[tuple[Any, ...]]
+
+
+@pytest.fixture
+def databases(admin: Admin) -> Iterator[tuple[str, str]]:
+    names = tuple(f"pgpk_{uuid.uuid4().hex[:8]}" for _ in range(2))
+    for name in names:
+        admin.execute(f"CREATE DATABASE {name}")
+    yield names  # type: ignore[misc]
+    for name in names:
+        admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+
+
+def backends(admin: Admin, database: str) -> int:
+    row = admin.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [database]
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_the_seeds_workflow(dsn: str, admin: Admin, databases: tuple[str, str]) -> None:
+    db_a, db_b = databases
+    with PoolManager(dsn, budget=20, timeout=5.0) as manager:
+        a = manager.create_pool("app", database=db_a, size=12)
+        b = manager.create_pool("reports", database=db_b, mode="session", size=6, min_size=1)
+        assert manager.budget() == Budget(total=20, allocated=18, available=2)
+        infos = {info.name: info for info in manager.list_pools()}
+        assert (infos["app"].database, infos["app"].mode, infos["app"].size) == (
+            db_a, "transaction", 12,
+        )
+        assert (infos["reports"].mode, infos["reports"].min_size) == ("session", 1)
+        assert manager.get_pool("app") is a
+        with a.connection() as conn:
+            assert conn.execute("SELECT current_database()").fetchone() == (db_a,)
+        with b.connection() as conn:
+            assert conn.execute("SELECT current_database()").fetchone() == (db_b,)
+
+        # live changes: a size within the budget, a mode for the connections opened next
+        held = a.connect()
+        held.execute("SELECT 1")  # inside a transaction (autocommit off): holds its server
+        manager.update_pool("app", size=14, mode="session")
+        assert a.max_size == 14 and a.policy.name == "session"
+        held.execute("SELECT 2")
+        held.commit()  # the transaction begun before the change finished
+        newer = a.connect()
+        assert newer.state.value == "bound"  # session mode: bound from connect
+        newer.close()
+        held.close()
+        with pytest.raises(BudgetExceeded, match=r"'app' asks for 15.*14 of the budget of 20"):
+            manager.update_pool("app", size=15)
+
+        # delete drains: a transaction in flight finishes, new requests are refused
+        inflight = b.connect()
+        inflight.execute("SELECT 1")
+        done = threading.Event()
+
+        def finish() -> None:
+            inflight.execute("SELECT pg_sleep(0.3)")
+            inflight.commit()
+            inflight.close()
+            done.set()
+
+        worker = threading.Thread(target=finish)
+        worker.start()
+        manager.delete_pool("reports", timeout=10.0)
+        worker.join(10)
+        assert done.is_set()
+        with pytest.raises(PoolClosed):
+            b.connect()
+        with pytest.raises(UnknownPool, match=r"no pool named 'reports'.*'app'"):
+            manager.get_pool("reports")
+        assert manager.budget().allocated == 14
+    assert backends(admin, db_a) == 0 and backends(admin, db_b) == 0
+
+
+def test_names_and_budget_errors(dsn: str) -> None:
+    with PoolManager(dsn, budget=10) as manager:
+        manager.create_pool("one", size=6)
+        with pytest.raises(ValueError, match="'one' exists already"):
+            manager.create_pool("one", size=1)
+        with pytest.raises(BudgetExceeded, match=r"'two' asks for 5.*4 of the budget of 10.*'one'"):
+            manager.create_pool("two", size=5)
+        with pytest.raises(UnknownPool) as info:
+            manager.update_pool("three", size=1)
+        assert isinstance(info.value, KeyError) and "'one'" in str(info.value)
+        with pytest.raises(ValueError, match="size"):
+            manager.create_pool("zero", size=0)
+        assert [p.name for p in manager.list_pools()] == ["one"]
+    with pytest.raises(ValueError, match="budget"):
+        PoolManager(dsn, budget=0)
+    with pytest.raises(TypeError, match="'max_size' is set per pool"):
+        PoolManager(dsn, max_size=3)
+
+
+def test_budget_from_the_server() -> None:
+    settings = {"max_connections": 30, "superuser_reserved_connections": 2}
+    with TemporaryPostgres(settings=settings) as pg, PoolManager(pg.dsn, reserve=3) as manager:
+        assert manager.budget().total == 30 - 2 - 3  # (and reserved_connections on 16+)
+
+
+def test_pools_never_exceed_the_budget_under_load(
+    dsn: str, admin: Admin, databases: tuple[str, str]
+) -> None:
+    db_a, db_b = databases
+    with PoolManager(dsn, budget=6, timeout=20.0) as manager:
+        pools = [
+            manager.create_pool("a", database=db_a, size=4),
+            manager.create_pool("b", database=db_b, size=2),
+        ]
+        peak = 0
+        stop = threading.Event()
+        errors: list[BaseException] = []
+        served = [0, 0]
+
+        def work(k: int) -> None:
+            try:
+                conn = pools[k % 2].connect()
+                conn.autocommit = True
+                while not stop.is_set():
+                    conn.execute("SELECT pg_sleep(0.005)")
+                    served[k % 2] += 1
+                conn.close()
+            except BaseException as ex:
+                errors.append(ex)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(12)]
+        for t in threads:
+            t.start()
+        for _ in range(40):
+            peak = max(peak, backends(admin, db_a) + backends(admin, db_b))
+        stop.set()
+        for t in threads:
+            t.join(20)
+        assert not errors, errors[:2]
+        assert 0 < peak <= 6
+        assert served[0] and served[1]  # every pool was served
+
+
+async def test_async_manager(dsn: str) -> None:
+    async with AsyncPoolManager(dsn, budget=5) as manager:
+        pool = await manager.create_pool("x", size=3, mode="statement")
+        async with pool.connection() as conn:
+            cur = await conn.execute("SELECT 1")
+            assert await cur.fetchone() == (1,)
+            with pytest.raises(PolicyViolation):
+                async with conn.transaction():
+                    pass
+        with pytest.raises(BudgetExceeded):
+            await manager.create_pool("y", size=3)
+        await manager.update_pool("x", size=2)
+        await manager.create_pool("y", size=3)
+        assert manager.budget().available == 0
+        await manager.delete_pool("x")
+        assert [p.name for p in manager.list_pools()] == ["y"]
