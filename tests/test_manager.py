@@ -176,3 +176,58 @@ async def test_async_manager(dsn: str) -> None:
         assert manager.budget().available == 0
         await manager.delete_pool("x")
         assert [p.name for p in manager.list_pools()] == ["y"]
+
+
+GOOD_TOML = """
+conninfo = "{dsn}"
+budget = 10
+timeout = 5.0
+
+[pools.web]
+size = 4
+mode = "transaction"
+max_lifetime = 1800.0
+
+[pools.jobs]
+mode = "session"
+size = 2
+min_size = 1
+"""
+
+
+def test_pools_from_toml(dsn: str, tmp_path: Any) -> None:
+    path = tmp_path / "pools.toml"
+    path.write_text(GOOD_TOML.format(dsn=dsn))
+    with PoolManager.from_file(path) as manager:
+        infos = {info.name: info for info in manager.list_pools()}
+        assert (infos["web"].mode, infos["web"].size) == ("transaction", 4)
+        assert (infos["jobs"].mode, infos["jobs"].min_size) == ("session", 1)
+        assert manager.get_pool("web").max_lifetime == 1800.0
+        assert manager.get_pool("web").timeout == 5.0  # the top level's default
+        assert manager.budget() == Budget(10, 6, 4)
+        with manager.get_pool("web").connection() as conn:
+            conn.execute("SELECT 1")
+        stats = manager.stats()
+        assert set(stats.pools) == {"web", "jobs"}
+        assert stats.totals["total_query_count"] >= 1
+        rows = {row["pool"]: row for row in stats.show_pools()}
+        assert rows["jobs"]["pool_mode"] == "session" and "sv_idle" in rows["web"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[pools.web]\nsize = 4\nsizes = 3\n", r"pool 'web': unknown key 'sizes'; allowed: .*size"),
+        ("colour = 1\n", r"unknown key 'colour' at the top.*conninfo"),
+        ("[pools.web]\nsize = 'big'\n", r"pool 'web': size must be an integer"),
+        ("[pools.web]\nmode = 'sometimes'\n", r"pool 'web': mode must be one of"),
+        ("[pools.web]\nconfigure = 'x'\n", r"pool 'web': unknown key 'configure'"),
+        ("[pools\n", r"not valid TOML"),
+    ],
+)
+def test_bad_toml_says_where(dsn: str, tmp_path: Any, text: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(f'conninfo = "{dsn}"\nbudget = 10\n' + text)
+    with pytest.raises((ValueError, TypeError), match=message):
+        with PoolManager.from_file(path):
+            pass

@@ -37,7 +37,7 @@ from .policies import (
     TransactionPolicy,
 )
 from .pool import Pool
-from .stats import Budget, PoolInfo, PoolStats
+from .stats import Budget, ManagerStats, PoolInfo, PoolStats
 
 __version__ = "0.1.0"
 
@@ -51,6 +51,7 @@ __all__ = [
     "ClientState",
     "Event",
     "IdleInTransactionTimeout",
+    "ManagerStats",
     "Policy",
     "PolicyViolation",
     "Pool",

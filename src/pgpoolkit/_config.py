@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, get_origin
@@ -253,3 +255,73 @@ def redact(text: str) -> str:
     conninfo whole in some of its error messages."""
     text = _URI_PASSWORD.sub(r"\g<pre>***@", text)
     return _KV_PASSWORD.sub(r"\g<pre>***", text)
+
+
+# -- a PoolManager's pools, declared (TOML, or a dict of the same shape) -----------------------
+
+#: what a [pools.NAME] table may set besides the pool parameters
+POOL_KEYS = ("database", "user", "mode", "size", "min_size")
+#: the pool parameters a declared configuration may set (not callables nor classes: code)
+DECLARABLE = tuple(
+    p.name
+    for p in PARAMETERS
+    if p.name not in ("conninfo", "connection_class", "reconnect_failed", "configure",
+                      "check", "reset", "open", "min_size", "max_size", "mode", "name")
+)
+MANAGER_KEYS = ("conninfo", "budget", "reserve", "pools")
+
+
+def read_manager_config(
+    config: Mapping[str, Any],
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Split a declared configuration into the manager's keyword arguments (its conninfo,
+    budget, reserve and default pool options) and the pools' (name -> create_pool() keyword
+    arguments). Raise ValueError naming the pool, the key and what is allowed."""
+    if not isinstance(config, Mapping):
+        raise ValueError(f"a pool manager's configuration is a table, got {type(config).__name__}")
+    manager: dict[str, Any] = {}
+    for key, value in config.items():
+        if key == "pools":
+            continue
+        if key not in MANAGER_KEYS and key not in DECLARABLE:
+            raise ValueError(
+                f"unknown key {key!r} at the top of the configuration; allowed: "
+                + ", ".join((*MANAGER_KEYS, *DECLARABLE))
+            )
+        manager[key] = value
+    pools = config.get("pools", {})
+    if not isinstance(pools, Mapping):
+        raise ValueError("'pools' must be a table of tables, one [pools.NAME] per pool")
+    declared: dict[str, dict[str, Any]] = {}
+    for name, table in pools.items():
+        if not isinstance(table, Mapping):
+            raise ValueError(f"pool {name!r}: [pools.{name}] must be a table")
+        for key in table:
+            if key not in POOL_KEYS and key not in DECLARABLE:
+                raise ValueError(
+                    f"pool {name!r}: unknown key {key!r}; allowed: "
+                    + ", ".join((*POOL_KEYS, *DECLARABLE))
+                )
+        declared[name] = dict(table)
+    return manager, declared
+
+
+def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a TOML file (tomllib, or the tomli backport on Python 3.10)."""
+    toml: Any
+    if sys.version_info >= (3, 11):
+        import tomllib as toml
+    else:  # pragma: no cover - Python 3.10
+        try:
+            import tomli as toml  # type: ignore[import-not-found,no-redef,unused-ignore]
+        except ImportError:
+            raise ImportError(
+                "reading TOML on Python 3.10 needs the tomli package: pip install "
+                "'pgpoolkit[toml]'"
+            ) from None
+    with open(path, "rb") as f:
+        try:
+            data: dict[str, Any] = toml.load(f)
+            return data
+        except toml.TOMLDecodeError as ex:
+            raise ValueError(f"{os.fspath(path)}: not valid TOML: {ex}") from None

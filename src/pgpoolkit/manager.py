@@ -16,6 +16,8 @@ services: creating or growing a pool past the budget raises :class:`BudgetExceed
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from time import monotonic
 from types import TracebackType
@@ -25,11 +27,11 @@ from psycopg import Connection
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ._acompat import sleep
-from ._config import check_timeout
+from ._config import check_timeout, load_toml, read_manager_config
 from .errors import BudgetExceeded, PoolClosed, UnknownPool
 from .policies import Policy
 from .pool import Pool
-from .stats import Budget, PoolInfo
+from .stats import Budget, ManagerStats, PoolInfo
 
 __all__ = ["PoolManager"]
 
@@ -94,6 +96,8 @@ class PoolManager:
         self.pool_options = pool_options
         self._total = budget
         self._pools: dict[str, _Entry] = {}
+        #: pools declared by from_config(), created when the manager opens
+        self._declared: dict[str, dict[str, Any]] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -104,10 +108,38 @@ class PoolManager:
 
     # -- life cycle -----------------------------------------------------------------------------
 
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> PoolManager:
+        """A manager of the pools a configuration declares, as pgbouncer.ini does: a top-level
+        ``conninfo``, ``budget`` and ``reserve`` and default pool options, and one
+        ``pools.NAME`` table per pool (``database``, ``user``, ``mode``, ``size``,
+        ``min_size`` and pool options). The pools are created when the manager opens. A bad
+        configuration raises ValueError naming the pool, the key and what is allowed."""
+        manager_options, declared = read_manager_config(config)
+        manager = cls(**manager_options)
+        manager._declared = declared
+        return manager
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> PoolManager:
+        """:meth:`from_config` of a TOML file."""
+        try:
+            return cls.from_config(load_toml(path))
+        except (ValueError, TypeError) as ex:
+            raise type(ex)(f"{os.fspath(path)}: {ex}") from None
+
     def open(self) -> None:
-        """Learn the server's budget (unless ``budget=`` gave it): one connection, once."""
+        """Learn the server's budget (unless ``budget=`` gave it; one connection, once), and
+        create the pools the configuration declared."""
         if self._total is None:
             self._total = self._server_budget()
+        declared, self._declared = self._declared, {}
+        for name, options in declared.items():
+            try:
+                self.create_pool(name, **options)
+            except (ValueError, TypeError) as ex:
+                self.close()
+                raise type(ex)(f"pool {name!r}: {ex}") from None
 
     def close(self, timeout: float = 5.0) -> None:
         """Close every pool (connections in use close when they are returned)."""
@@ -249,6 +281,11 @@ class PoolManager:
         while pool.stats().servers_active and monotonic() < deadline:
             sleep(0.02)
         logger.info("pool manager: pool %r deleted", name)
+
+    def stats(self) -> ManagerStats:
+        """Each pool's figures and the totals, in PgBouncer's vocabulary (SHOW POOLS)."""
+        pools = {name: entry.pool.stats() for name, entry in self._pools.items()}
+        return ManagerStats.of(pools, self.budget() if self._total is not None else None)
 
     # -- the budget -----------------------------------------------------------------------------
 

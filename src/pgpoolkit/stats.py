@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-__all__ = ["Budget", "PoolInfo", "PoolStats"]
+__all__ = ["Budget", "ManagerStats", "PoolInfo", "PoolStats"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,3 +135,42 @@ class PoolInfo:
     servers_idle: int
     clients_open: int
     clients_waiting: int
+
+
+#: PoolStats' figures under PgBouncer's SHOW POOLS / SHOW STATS names
+PGBOUNCER_NAMES = {
+    "cl_active": "clients_active",
+    "cl_waiting": "clients_waiting",
+    "sv_active": "servers_active",
+    "sv_idle": "servers_idle",
+    "sv_login": "servers_connecting",
+    "total_xact_count": "transactions_total",
+    "total_query_count": "statements_total",
+    "total_wait_time_ms": "wait_ms_total",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ManagerStats:
+    """A PoolManager's figures: each pool's PoolStats, their sums, and the budget."""
+
+    pools: dict[str, PoolStats]
+    #: each PGBOUNCER_NAMES figure summed over the pools
+    totals: dict[str, int]
+    budget: Budget | None
+
+    @classmethod
+    def of(cls, pools: dict[str, PoolStats], budget: Budget | None) -> ManagerStats:
+        totals = {
+            short: sum(getattr(stats, field) for stats in pools.values())
+            for short, field in PGBOUNCER_NAMES.items()
+        }
+        return cls(pools, totals, budget)
+
+    def show_pools(self) -> list[dict[str, int | str]]:
+        """One row per pool with PgBouncer's SHOW POOLS / SHOW STATS column names."""
+        return [
+            {"pool": name, "pool_mode": stats.mode}
+            | {short: getattr(stats, field) for short, field in PGBOUNCER_NAMES.items()}
+            for name, stats in self.pools.items()
+        ]
