@@ -228,6 +228,5 @@ def test_pools_from_toml(dsn: str, tmp_path: Any) -> None:
 def test_bad_toml_says_where(dsn: str, tmp_path: Any, text: str, message: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(f'conninfo = "{dsn}"\nbudget = 10\n' + text)
-    with pytest.raises((ValueError, TypeError), match=message):
-        with PoolManager.from_file(path):
-            pass
+    with pytest.raises((ValueError, TypeError), match=message), PoolManager.from_file(path):
+        pass
