@@ -61,12 +61,15 @@ class Answers(NamedTuple):
     statement_allowed_when_idle: bool
     #: a client whose transaction ended gives its server connection back
     releases_when_idle: bool
+    #: the policy may answer RESET to a close (then every close asks it)
+    close_may_reset: bool
 
     @classmethod
     def of(cls, policy: Policy) -> Answers:
         return cls(
             policy.decide(ClientState.IDLE, Event.STATEMENT) is not Action.REFUSE,
             policy.decide(ClientState.BOUND, Event.IDLE_AFTER) is Action.RELEASE,
+            any(policy.decide(state, Event.CLOSE) is Action.RESET for state in ClientState),
         )
 
 
@@ -207,6 +210,8 @@ class ClientRules:
     def on_close(self, bound: bool, in_transaction: bool) -> None:
         """The client closes: a policy answering RESET resets the session whatever the client
         did (a multi-tenant application that trusts nothing a client leaves)."""
+        if not self.answers.close_may_reset:
+            return
         action = self.policy.decide(self.state(bound, in_transaction), Event.CLOSE)
         if action is Action.RESET:
             self.dirty = True

@@ -65,6 +65,12 @@ class AsyncPooledConnection(AsyncConnection[Row]):
     #: what this class's cursors add to the cursor classes a user chooses (cursor.py)
     _cursor_mixin: type = AsyncWatchedCursor
     _server_cursor_mixin: type = AsyncWatchedServerCursor
+    #: cursor class -> its watched subclass, for this class's mixins (see __init_subclass__)
+    _watched_classes: dict[Any, Any] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._watched_classes = {}  # a subclass may have other mixins
 
     # psycopg's own attributes, plus the pool's:
     _owner: AsyncPool
@@ -108,7 +114,12 @@ class AsyncPooledConnection(AsyncConnection[Row]):
 
     @cursor_factory.setter
     def cursor_factory(self, factory: Any) -> None:
-        self._cursor_factory = watched(factory, self._cursor_mixin, self._server_cursor_mixin)
+        cls = self._watched_classes.get(factory)  # every client sets it twice: a dict lookup
+        if cls is None:
+            cls = self._watched_classes[factory] = watched(
+                factory, self._cursor_mixin, self._server_cursor_mixin
+            )
+        self._cursor_factory = cls
 
     @property
     def server_cursor_factory(self) -> Any:
@@ -116,9 +127,12 @@ class AsyncPooledConnection(AsyncConnection[Row]):
 
     @server_cursor_factory.setter
     def server_cursor_factory(self, factory: Any) -> None:
-        self._server_cursor_factory = watched(
-            factory, self._cursor_mixin, self._server_cursor_mixin
-        )
+        cls = self._watched_classes.get(factory)
+        if cls is None:
+            cls = self._watched_classes[factory] = watched(
+                factory, self._cursor_mixin, self._server_cursor_mixin
+            )
+        self._server_cursor_factory = cls
 
     _check_connection_ok = check_connection_ok
 
