@@ -1257,3 +1257,17 @@ def test_settings_inside_a_transaction_still_pin(dsn: str, app: str) -> None:
         c.commit()
         assert state(c) is ClientState.PINNED
         c.close()
+
+
+def test_connect_timeout_bounds_every_bind(dsn: str, app: str) -> None:
+    # (issue 12: transaction mode waited the pool's timeout, not the one asked for)
+    with make_pool(dsn, app, mode="transaction", max_size=1, timeout=30.0) as pool:
+        holder = pool.connect()
+        holder.execute("SELECT 1")  # holds the only server connection, in a transaction
+        quick = pool.connect(timeout=0.3)
+        t0 = time.monotonic()
+        with pytest.raises(PoolTimeout, match="0.3 s"):
+            quick.execute("SELECT 1")
+        assert time.monotonic() - t0 < 5
+        holder.close()
+        quick.close()

@@ -206,7 +206,7 @@ class TransactionModeConnection(PooledConnection[Row]):
     def _bind_once(self) -> None:
         with self._bind_lock:  # another thread or task of this client may be binding
             if not self._box:
-                self._bind()
+                self._bind(self._timeout)  # connect(timeout=) bounds every bind
 
     def _hold(self, delta: int) -> None:
         with self._state_lock:

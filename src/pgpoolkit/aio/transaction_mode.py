@@ -204,7 +204,7 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
     async def _bind_once(self) -> None:
         async with self._bind_lock:  # another thread or task of this client may be binding
             if not self._box:
-                await self._bind()
+                await self._bind(self._timeout)  # connect(timeout=) bounds every bind
 
     def _hold(self, delta: int) -> None:
         with self._state_lock:
