@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -150,7 +151,8 @@ def test_pools_never_exceed_the_budget_under_load(
         threads = [threading.Thread(target=work, args=(k,)) for k in range(12)]
         for t in threads:
             t.start()
-        for _ in range(40):
+        deadline = time.monotonic() + 15
+        while min(served) < 20 and time.monotonic() < deadline:  # both pools at work
             peak = max(peak, backends(admin, db_a) + backends(admin, db_b))
         stop.set()
         for t in threads:
@@ -230,3 +232,109 @@ def test_bad_toml_says_where(dsn: str, tmp_path: Any, text: str, message: str) -
     path.write_text(f'conninfo = "{dsn}"\nbudget = 10\n' + text)
     with pytest.raises((ValueError, TypeError), match=message), PoolManager.from_file(path):
         pass
+
+
+# -- overcommit: sizes are caps, the connections held together stay within the budget ------------
+
+
+def test_overcommit_never_exceeds_the_budget(
+    dsn: str, admin: Admin, databases: tuple[str, str]
+) -> None:
+    db_a, db_b = databases
+    with PoolManager(dsn, budget=4, overcommit=True, timeout=20.0) as manager:
+        pools = [
+            manager.create_pool("a", database=db_a, size=4),
+            manager.create_pool("b", database=db_b, size=4),
+        ]
+        assert manager.budget().allocated == 8  # caps: their sum may exceed the budget
+        stop = threading.Event()
+        errors: list[BaseException] = []
+        served = [0, 0]
+        peak = 0
+
+        def work(k: int) -> None:
+            try:
+                conn = pools[k % 2].connect()
+                conn.autocommit = True
+                while not stop.is_set():
+                    conn.execute("SELECT pg_sleep(0.003)")
+                    served[k % 2] += 1
+                conn.close()
+            except BaseException as ex:
+                errors.append(ex)
+
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(10)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 15
+        while min(served) < 20 and time.monotonic() < deadline:  # both pools at work
+            peak = max(peak, backends(admin, db_a) + backends(admin, db_b))
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert not errors, errors[:2]
+        assert 0 < peak <= 4
+        assert served[0] > 0 and served[1] > 0
+
+
+def test_overcommit_a_pool_under_its_share_is_not_starved(
+    dsn: str, admin: Admin, databases: tuple[str, str]
+) -> None:
+    db_a, db_b = databases
+    with PoolManager(dsn, budget=4, overcommit=True, timeout=10.0) as manager:
+        busy = manager.create_pool("busy", database=db_a, size=4)
+        quiet = manager.create_pool("quiet", database=db_b, size=4)
+        # the busy pool takes the whole budget with long transactions, one after another
+        stop = threading.Event()
+
+        def hog() -> None:
+            while not stop.is_set():
+                with busy.connection() as conn:
+                    conn.execute("SELECT pg_sleep(0.05)")
+
+        hogs = [threading.Thread(target=hog) for _ in range(6)]
+        for t in hogs:
+            t.start()
+        deadline = 200
+        while backends(admin, db_a) < 4 and deadline:
+            stop.wait(0.01)
+            deadline -= 1
+        # the quiet pool, under its fair share (2 of 4), gets a connection all the same
+        with quiet.connection(timeout=5.0) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        assert backends(admin, db_a) + backends(admin, db_b) <= 4
+        stop.set()
+        for t in hogs:
+            t.join(10)
+
+
+def test_overcommit_evicts_an_idle_sibling(
+    dsn: str, admin: Admin, databases: tuple[str, str]
+) -> None:
+    db_a, db_b = databases
+    with PoolManager(dsn, budget=3, overcommit=True, timeout=5.0) as manager:
+        a = manager.create_pool("a", database=db_a, size=3)
+        b = manager.create_pool("b", database=db_b, size=3)
+        held = [a.getconn() for _ in range(3)]
+        for conn in held:
+            a.putconn(conn)  # three idle connections in a: the whole budget
+        assert a.stats().servers_idle == 3
+        with b.connection(timeout=3.0) as conn:  # one of a's idle ones makes room
+            assert conn.execute("SELECT current_database()").fetchone() == (db_b,)
+        assert a.stats().servers_idle == 2
+        assert backends(admin, db_a) + backends(admin, db_b) <= 3
+
+
+async def test_async_overcommit(dsn: str) -> None:
+    async with AsyncPoolManager(dsn, budget=2, overcommit=True, timeout=5.0) as manager:
+        a = await manager.create_pool("a", size=2)
+        b = await manager.create_pool("b", size=2)
+        with pytest.raises(BudgetExceeded, match="keep 3 connections open"):
+            await manager.create_pool("c", size=3, min_size=3)
+        raw = [await a.getconn(), await a.getconn()]
+        for conn in raw:
+            await a.putconn(conn)
+        async with b.connection(timeout=3.0) as conn:  # an idle one of a's makes room
+            cur = await conn.execute("SELECT 1")
+            assert await cur.fetchone() == (1,)
+        assert a.stats().servers_idle + b.stats().servers_idle + b.stats().servers_active <= 2

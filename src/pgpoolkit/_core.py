@@ -154,13 +154,18 @@ class PoolCore(Generic[T]):
             self._close(slot)
         return None
 
-    def checkin(self, slot: Slot[T], now: float, reusable: bool) -> None:
-        """A connection comes back from a client: reuse it, or close it if it must go."""
+    def checkin(
+        self, slot: Slot[T], now: float, reusable: bool, surrender: bool = False
+    ) -> None:
+        """A connection comes back from a client: reuse it, or close it if it must go
+        (``surrender``: a sibling pool needs the room, under a shared budget)."""
         slot.out = False
         self.in_use -= 1
         self.usage_ms += (now - slot.checked_out_at) * 1000.0
         if not reusable:
             self.returns_bad += 1
+            self._close(slot)
+        elif surrender:
             self._close(slot)
         elif (
             self.closed
@@ -334,6 +339,14 @@ class PoolCore(Generic[T]):
 
     def _demand(self) -> bool:
         return bool(self.waiters) or len(self.idle) + self.in_use < self.min_size
+
+    def evict_idle(self) -> bool:
+        """Close the connection idle the longest, if the pool is above min_size (a sibling
+        pool needs the room, under a shared budget)."""
+        if not self.idle or len(self.idle) + self.in_use <= self.min_size:
+            return False
+        self._close(self.idle.pop(0))  # the bottom of the stack has been idle the longest
+        return True
 
     def _close(self, slot: Slot[T]) -> None:
         self.slots.pop(slot.conn, None)

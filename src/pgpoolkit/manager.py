@@ -28,6 +28,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ._acompat import sleep
 from ._config import check_timeout, load_toml, read_manager_config
+from ._shared_budget import SharedBudget
 from .errors import BudgetExceeded, PoolClosed, UnknownPool
 from .policies import Policy
 from .pool import Pool
@@ -73,6 +74,7 @@ class PoolManager:
         *,
         budget: int | None = None,
         reserve: int = DEFAULT_RESERVE,
+        overcommit: bool = False,
         **pool_options: Any,
     ) -> None:
         if not isinstance(conninfo, str):
@@ -91,8 +93,14 @@ class PoolManager:
                     f"{forbidden!r} is set per pool by the manager (create_pool's name, size, "
                     "database and user): it cannot be a default for every pool"
                 )
+        if not isinstance(overcommit, bool):
+            raise TypeError(f"overcommit must be True or False, got {overcommit!r}")
         self.conninfo = conninfo
         self.reserve = reserve
+        #: sizes are caps whose sum may exceed the budget; the connections the pools hold
+        #: together never do (_shared_budget.py)
+        self.overcommit = overcommit
+        self._shared: SharedBudget | None = None
         self.pool_options = pool_options
         self._total = budget
         self._pools: dict[str, _Entry] = {}
@@ -133,6 +141,8 @@ class PoolManager:
         create the pools the configuration declared."""
         if self._total is None:
             self._total = self._server_budget()
+        if self.overcommit and self._shared is None:
+            self._shared = SharedBudget(self._total)
         declared, self._declared = self._declared, {}
         for name, options in declared.items():
             try:
@@ -204,13 +214,16 @@ class PoolManager:
                 f"a pool named {name!r} exists already: choose another name, or update_pool() it"
             )
         self.open()
-        self._check_budget(name, size)
+        self._check_budget(name, size, min_size)
         params = {"dbname": database, "user": user}
         conninfo = make_conninfo(self.conninfo, **{k: v for k, v in params.items() if v})
         options = {**self.pool_options, **pool_options}
         pool = Pool(
             conninfo, name=name, mode=mode, min_size=min_size, max_size=size, **options
         )
+        if self._shared is not None:
+            pool._shared_budget = self._shared
+            self._shared.join(pool, size)
         pool.open()
         self._pools[name] = _Entry(pool, database, user)
         logger.info(
@@ -260,8 +273,9 @@ class PoolManager:
         if size is not None or min_size is not None:
             new_size = pool.max_size if size is None else size
             new_min = pool.min_size if min_size is None else min_size
-            if size is not None:
-                self._check_budget(name, size, replacing=pool.max_size)
+            self._check_budget(name, new_size, new_min)
+            if self._shared is not None:
+                self._shared.join(pool, new_size)
             pool.resize(new_min, new_size)
             logger.info("pool manager: pool %r resized to %d..%d", name, new_min, new_size)
         if mode is not None:
@@ -280,6 +294,8 @@ class PoolManager:
         deadline = monotonic() + timeout
         while pool.stats().servers_active and monotonic() < deadline:
             sleep(0.02)
+        if self._shared is not None:
+            self._shared.leave(pool)
         logger.info("pool manager: pool %r deleted", name)
 
     def stats(self) -> ManagerStats:
@@ -302,12 +318,22 @@ class PoolManager:
 
     def _available(self) -> int:
         assert self._total is not None
-        return self._total - self._allocated()
+        return max(0, self._total - self._allocated())
 
-    def _check_budget(self, name: str, size: int, replacing: int = 0) -> None:
+    def _check_budget(self, name: str, size: int, min_size: int) -> None:
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"size must be an integer >= 1, got {size!r}")
         assert self._total is not None
+        if self.overcommit:  # sizes are caps: only the connections always kept must fit
+            kept = sum(
+                entry.pool.min_size for other, entry in self._pools.items() if other != name
+            )
+            if isinstance(min_size, int) and kept + min_size > self._total:
+                raise BudgetExceeded(
+                    f"pool {name!r} asks to keep {min_size} connections open, but the pools "
+                    f"keep {kept} of the budget of {self._total} already: lower min_size"
+                )
+            return
         others = self._allocated(leaving_out=name)
         if others + size <= self._total:
             return

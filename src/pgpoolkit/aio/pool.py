@@ -58,6 +58,7 @@ from .._psycopg import (
     server_defaults,
 )
 from .._session_state import SESSION_STATE_COLUMNS, SESSION_STATE_QUERY, SessionChange
+from .._shared_budget import SharedBudget
 from ..errors import PoolTimeout, TooManyClients
 from ..policies import Action, ClientState, Policy, policy_for_mode
 from ..policies import Event as ClientEvent
@@ -176,6 +177,8 @@ class AsyncPool:
         self._use_policy(self.policy)
         #: what a closed client holds
         self._returned: Any = RETURNED
+        #: an overcommitted PoolManager's budget, shared with the sibling pools (None: alone)
+        self._shared_budget: SharedBudget | None = None
         #: the connections handed out by getconn() and not yet given back to putconn()
         self._lent: dict[AsyncConnection[Any], Slot[AsyncConnection[Any]]] = {}
         #: the open clients (pooled connections), for max_clients and the client stats
@@ -605,8 +608,10 @@ class AsyncPool:
             await self._discard(slot)
             raise
         core = self._core
+        budget = self._shared_budget
+        surrender = budget is not None and reusable and budget.should_surrender(self)
         with self._lock:
-            core.checkin(slot, monotonic(), reusable)
+            core.checkin(slot, monotonic(), reusable, surrender)
             if unpin or statements:
                 core.client_released(unpin, statements, transactions)
         if core.work:
@@ -687,7 +692,16 @@ class AsyncPool:
         # close first: a replacement never overlaps on the server with the one it replaces
         for conn in to_close:
             await self._close_connection(conn)
+        budget = self._shared_budget
         for _ in range(attempts):
+            if budget is not None:  # a manager's overcommitted budget: a ticket first
+                granted, victim = budget.take(self)
+                if not granted:
+                    with self._lock:
+                        self._core.attempt_abandoned(False)
+                    if victim is not None:  # a sibling's idle connection makes room
+                        await victim._evict_one()
+                    continue
             aspawn(self._workers, self._connect_worker, name=f"{self.name}-connect")
 
     async def _close_connection(self, conn: AsyncConnection[Any]) -> None:
@@ -696,11 +710,34 @@ class AsyncPool:
             await conn.close()
         except Exception as ex:  # closing a broken connection: nothing left to do
             logger.debug("pool %r: error closing a connection: %s", self.name, ex)
+        await self._give_back_ticket()
+
+    async def _give_back_ticket(self) -> None:
+        """Under a manager's shared budget: a connection of this pool closed (or an attempt
+        gave up); the starved siblings try to take the ticket it frees."""
+        budget = self._shared_budget
+        if budget is not None:
+            for pool in budget.give_back(self):
+                await pool._do_work()
+
+    def _has_evictable_idle(self) -> bool:
+        """An idle connection could be closed for a sibling (above min_size)."""
+        core = self._core
+        return bool(core.idle) and core.size > core.min_size
+
+    async def _evict_one(self) -> None:
+        """Close the connection idle the longest, for a sibling pool under a shared budget."""
+        with self._lock:
+            evicted = self._core.evict_idle()
+        if evicted:
+            logger.info("pool %r: an idle connection closed for a sibling pool", self.name)
+            await self._do_work()
 
     async def _connect_worker(self) -> None:
         """Open one connection, retrying with backoff while the server is unreachable."""
         attempt = 0
         counted = True  # the core counts this attempt as in progress (``connecting``)
+        ticket = True  # under a shared budget, this attempt holds a ticket
         retrier = False  # this attempt is the one retrying an unreachable server
         try:
             while True:
@@ -723,12 +760,15 @@ class AsyncPool:
                     if gave_up:
                         await self._call_reconnect_failed()
                     if delay is None:
+                        ticket = False
+                        await self._give_back_ticket()
                         await self._do_work()
                         return
                     if await self._closing.wait_timeout(delay):
                         with self._lock:
                             self._core.attempt_abandoned(retrier)
-                        counted = False
+                        counted = ticket = False
+                        await self._give_back_ticket()
                         return
                     attempt += 1
                     continue
@@ -740,7 +780,7 @@ class AsyncPool:
                 now = monotonic()
                 with self._lock:
                     slot = self._core.new_slot(conn, now, now - t0, retrier, generation)
-                    counted = False
+                    counted = ticket = False  # the connection holds it now
                     slot.probe = probe
                     slot.defaults = defaults
                     slot.settings = defaults.settings
@@ -754,6 +794,8 @@ class AsyncPool:
             if counted:
                 with self._lock:
                     self._core.attempt_abandoned(retrier)
+            if ticket and self._shared_budget is not None:
+                self._shared_budget.give_back(self, wake=False)
             raise
 
     async def _connect(self) -> AsyncConnection[Any]:
