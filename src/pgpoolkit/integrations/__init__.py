@@ -1,0 +1,1 @@
+"""pgpoolkit's integrations with other libraries, each an optional extra."""
