@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -18,8 +21,10 @@ from pgpoolkit import (
     PolicyViolation,
     PoolClosed,
     PoolManager,
+    PoolTimeout,
     UnknownPool,
 )
+from pgpoolkit._shared_budget import slot_namespace
 from pgpoolkit.testing import TemporaryPostgres
 
 Admin = psycopg.Connection[tuple[Any, ...]]
@@ -338,3 +343,96 @@ async def test_async_overcommit(dsn: str) -> None:
             cur = await conn.execute("SELECT 1")
             assert await cur.fetchone() == (1,)
         assert a.stats().servers_idle + b.stats().servers_idle + b.stats().servers_active <= 2
+
+
+# -- a budget PostgreSQL enforces across processes --------------------------------------------
+
+WORKER = str(Path(__file__).with_name("across_processes_worker.py"))
+
+
+def by_app(admin: Admin, app: str) -> int:
+    row = admin.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [app]
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_budget_across_processes(dsn: str, admin: Admin) -> None:
+    app = f"pgpk-xp-{uuid.uuid4().hex[:8]}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, WORKER, dsn, app, "8", "0"], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(4)
+    ]
+    slots_peak = 0
+    while any(p.poll() is None for p in procs):
+        row = admin.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2"
+            " AND classid::bigint = %s",
+            [slot_namespace("shared")],
+        ).fetchone()
+        assert row is not None
+        slots_peak = max(slots_peak, int(row[0]))
+    outputs = [p.communicate(timeout=60)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    assert all("served 24" in out for out in outputs), outputs  # no process starved
+    # the most statements the server ran at once, by its own clock, across the processes (a
+    # connection is opened before it looks for a free slot, and one that finds none closes
+    # at once having run nothing else: pg_stat_activity would count it for a moment)
+    events = sorted(
+        (float(t), delta)
+        for out in outputs
+        for line in out.splitlines() if line.startswith("span ")
+        for t, delta in zip(line.split()[1:], (1, -1), strict=True)
+    )
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    assert 0 < peak <= 3  # the pool's size, across the four processes together
+    assert 0 < slots_peak <= 3
+
+
+def test_slots_of_a_killed_process_are_freed(dsn: str, admin: Admin) -> None:
+    app = f"pgpk-xp-{uuid.uuid4().hex[:8]}"
+    holder = subprocess.Popen(
+        [sys.executable, WORKER, dsn, app, "0", "60"], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None and holder.stdout.readline().startswith("holding 3")
+    with PoolManager(dsn, budget=50, across_processes=True) as manager:
+        pool = manager.create_pool(
+            "shared", size=3, min_size=0, timeout=1.0, kwargs={"application_name": app}
+        )
+        with pytest.raises(PoolTimeout, match="slots"):
+            pool.getconn()  # every slot is the holder's
+        assert by_app(admin, app) == 3
+        holder.kill()  # its connections go, and their locks with them
+        holder.wait(10)
+        conn = pool.getconn(timeout=15.0)
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        pool.putconn(conn)
+
+
+def test_a_client_unlock_does_not_lose_the_slot(dsn: str, admin: Admin) -> None:
+    app = f"pgpk-xp-{uuid.uuid4().hex[:8]}"
+    slot_locks = (
+        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2"
+        " AND classid::bigint = %s"
+    )
+    with PoolManager(dsn, budget=50, across_processes=True) as manager:
+        pool = manager.create_pool(
+            "unlocker", size=1, min_size=1, kwargs={"application_name": app, "autocommit": True}
+        )
+        pool.wait()
+        namespace = slot_namespace("unlocker")
+        c = pool.connect()
+        c.execute("SELECT pg_advisory_lock(77)")  # session state: pinned
+        assert c.state.value == "pinned"
+        c.execute("SELECT pg_advisory_unlock_all()")  # releases the slot's lock too
+        assert c.state.value == "idle"  # unpinned: the pool's own lock is not the client's
+        row = admin.execute(slot_locks, [namespace]).fetchone()
+        assert row is not None and row[0] == 1  # the reset took the slot again
+        assert c.execute("SELECT 1").fetchone() == (1,)
+        c.close()

@@ -18,6 +18,7 @@ from .connection import PooledConnection
 from .errors import (
     BudgetExceeded,
     IdleInTransactionTimeout,
+    NoFreeSlot,
     PolicyViolation,
     PoolClosed,
     PoolError,
@@ -52,6 +53,7 @@ __all__ = [
     "Event",
     "IdleInTransactionTimeout",
     "ManagerStats",
+    "NoFreeSlot",
     "Policy",
     "PolicyViolation",
     "Pool",

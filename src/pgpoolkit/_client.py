@@ -85,15 +85,22 @@ class ClientRules:
         "dirty",
         "discard",
         "holds",
+        "keeps_locks",
         "pins",
         "policy",
         "undo_pending",
         "users",
     )
 
-    def __init__(self, policy: Policy, answers: Answers | None = None) -> None:
+    def __init__(
+        self, policy: Policy, answers: Answers | None = None, keeps_locks: bool = False
+    ) -> None:
         self.policy = policy
         self.answers = answers or Answers.of(policy)
+        #: the server connections hold advisory locks of their own (a budget shared across
+        #: processes): a client's advisory unlock may release one, so its session is reset
+        #: (and the lock taken again) when the server connection goes back
+        self.keeps_locks = keeps_locks
         #: the kinds of session state that keep the client on its server connection
         self.pins: set[SessionChange] = set()
         #: the kinds that statements since the last look may have undone
@@ -163,6 +170,8 @@ class ClientRules:
                 self.discard = True
         if info.undoes and self.pins:
             self.undo_pending |= info.undoes
+        if self.keeps_locks and SessionChange.ADVISORY_LOCK in info.undoes:
+            self.dirty = True
         return pinned_now
 
     def releases(self, idle: bool) -> bool:

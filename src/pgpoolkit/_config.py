@@ -268,7 +268,7 @@ DECLARABLE = tuple(
     if p.name not in ("conninfo", "connection_class", "reconnect_failed", "configure",
                       "check", "reset", "open", "min_size", "max_size", "mode", "name")
 )
-MANAGER_KEYS = ("conninfo", "budget", "reserve", "overcommit", "pools")
+MANAGER_KEYS = ("conninfo", "budget", "reserve", "overcommit", "across_processes", "pools")
 
 
 def read_manager_config(

@@ -41,8 +41,21 @@ LIFETIME_JITTER = 0.05
 class Slot(Generic[T]):
     """One server connection owned by the pool, and its bookkeeping."""
 
-    __slots__ = ("checked_out_at", "conn", "created_at", "defaults", "expires_at", "generation",
-                 "last_used", "out", "probe", "reported", "session", "settings")
+    __slots__ = (
+        "budget_slot",
+        "checked_out_at",
+        "conn",
+        "created_at",
+        "defaults",
+        "expires_at",
+        "generation",
+        "last_used",
+        "out",
+        "probe",
+        "reported",
+        "session",
+        "settings",
+    )
 
     def __init__(self, conn: T, now: float, expires_at: float, generation: int) -> None:
         self.conn = conn
@@ -64,6 +77,8 @@ class Slot(Generic[T]):
         self.session: dict[str, str] = {}
         #: what the server last reported of its session parameters, as the pool expects it
         self.reported: tuple[Any, ...] = ()
+        #: the advisory-lock slot it holds of a budget shared across processes, if any
+        self.budget_slot: int | None = None
 
 
 class Waiter(Protocol[T]):

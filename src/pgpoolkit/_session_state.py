@@ -114,7 +114,8 @@ UNSEEN = frozenset({SessionChange.SETTING, SessionChange.ROLE})
 SESSION_STATE_QUERY = (
     "SELECT EXISTS (SELECT FROM pg_listening_channels()),"
     " EXISTS (SELECT FROM pg_class WHERE relnamespace = pg_my_temp_schema()),"
-    " EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()),"
+    " EXISTS (SELECT FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()"
+    "  AND NOT (objsubid = 2 AND classid::bigint = %(namespace)s)),"  # not a pool slot
     " EXISTS (SELECT FROM pg_prepared_statements WHERE from_sql),"
     " EXISTS (SELECT FROM pg_cursors WHERE is_holdable)"
 )

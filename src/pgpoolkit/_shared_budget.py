@@ -24,9 +24,33 @@ methods return.
 from __future__ import annotations
 
 import threading
+import zlib
 from typing import Any
 
-__all__ = ["SharedBudget"]
+__all__ = ["TAKE_SLOT", "TAKE_THIS_SLOT", "SharedBudget", "slot_namespace"]
+
+
+# -- across processes: the budget PostgreSQL itself enforces -----------------------------------
+#
+# Each server connection of a pool holds one of N session-level advisory locks (slots) in a
+# namespace its pool's name selects: pg_try_advisory_lock(namespace, slot). A connection that
+# finds no free slot is closed; a process that dies frees its slots with its connections.
+
+
+def slot_namespace(pool_name: str) -> int:
+    """The advisory-lock namespace (first key) of a pool's slots: the same in every process."""
+    return zlib.crc32(f"pgpoolkit:{pool_name}".encode()) & 0x7FFFFFFF
+
+
+#: take the first free slot, looking from a random one (one round trip; LIMIT 1 stops at the
+#: first lock taken, the slots it could not take it did not lock)
+TAKE_SLOT = (
+    "SELECT slot FROM (SELECT (g + %(start)s) %% %(n)s AS slot"
+    " FROM generate_series(0, %(n)s - 1) AS g) AS slots"
+    " WHERE pg_try_advisory_lock(%(namespace)s, slot) LIMIT 1"
+)
+#: take one slot again (DISCARD ALL released it)
+TAKE_THIS_SLOT = "SELECT pg_try_advisory_lock(%(namespace)s, %(slot)s)"
 
 
 class SharedBudget:

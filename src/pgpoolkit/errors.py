@@ -69,3 +69,8 @@ class UnknownPool(PoolError, KeyError):
 
     def __str__(self) -> str:  # KeyError would show the message quoted
         return str(self.args[0]) if self.args else ""
+
+
+class NoFreeSlot(PoolError):
+    """Every connection slot a pool shares across processes is taken (a PoolManager with
+    ``across_processes=True``): the request waits as for a full pool."""

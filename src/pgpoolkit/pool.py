@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import logging
+import random
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -58,9 +59,9 @@ from ._psycopg import (
     server_defaults,
 )
 from ._session_state import SESSION_STATE_COLUMNS, SESSION_STATE_QUERY, SessionChange
-from ._shared_budget import SharedBudget
+from ._shared_budget import TAKE_SLOT, TAKE_THIS_SLOT, SharedBudget
 from .connection import PooledConnection, pooled_class
-from .errors import PoolTimeout, TooManyClients
+from .errors import NoFreeSlot, PoolTimeout, TooManyClients
 from .policies import Action, ClientState, Policy, policy_for_mode
 from .policies import Event as ClientEvent
 from .stats import PoolStats
@@ -175,6 +176,9 @@ class Pool:
         self._returned: Any = RETURNED
         #: an overcommitted PoolManager's budget, shared with the sibling pools (None: alone)
         self._shared_budget: SharedBudget | None = None
+        #: (namespace, N): every server connection holds one of N advisory-lock slots, a budget
+        #: PostgreSQL enforces across processes (a PoolManager's across_processes=True)
+        self._slots: tuple[int, int] | None = None
         #: the connections handed out by getconn() and not yet given back to putconn()
         self._lent: dict[Connection[Any], Slot[Connection[Any]]] = {}
         #: the open clients (pooled connections), for max_clients and the client stats
@@ -646,6 +650,10 @@ class Pool:
                 forget_prepared(conn)
                 slot.session.clear()
                 slot.reported = slot.defaults.reported
+                if self._slots is not None:  # DISCARD ALL released the slot's lock
+                    slot.budget_slot = self._take_budget_slot(conn, slot.budget_slot)
+                    if slot.budget_slot is None:
+                        return False  # another process took it meanwhile: this one goes
                 if self._configure is not None:  # DISCARD ALL undid what configure set up
                     conn.set_autocommit(slot.defaults.settings[0])
                     self._configure(conn)
@@ -739,7 +747,7 @@ class Pool:
                 t0 = monotonic()
                 generation = self._core.generation
                 try:
-                    conn = self._connect()
+                    conn, slot_number = self._connect()
                 except Exception as ex:
                     now = monotonic()
                     with self._lock:
@@ -780,6 +788,7 @@ class Pool:
                     slot.defaults = defaults
                     slot.settings = defaults.settings
                     slot.reported = defaults.reported
+                    slot.budget_slot = slot_number
                     self._core.place(slot, now)
                     if self._core.ready:
                         self._ready.set()
@@ -793,7 +802,8 @@ class Pool:
                 self._shared_budget.give_back(self, wake=False)
             raise
 
-    def _connect(self) -> Connection[Any]:
+    def _connect(self) -> tuple[Connection[Any], int | None]:
+        """A new server connection, configured, and the slot it holds (across processes)."""
         conn = self.connection_class.connect(
             resolve(self.conninfo), **resolve_kwargs(self.kwargs)
         )
@@ -806,11 +816,49 @@ class Pool:
                         f"{TransactionStatus(conn.pgconn.transaction_status).name}: "
                         "commit or roll back in configure"
                     )
+            slot_number = None
+            if self._slots is not None:
+                slot_number = self._take_budget_slot(conn, None)
+                if slot_number is None:
+                    raise NoFreeSlot(
+                        f"pool {self.name!r}: all {self._slots[1]} connection slots it shares "
+                        "with the other processes are taken"
+                    )
         except BaseException:
             conn.close()
             raise
         conn._pool = self  # type: ignore[assignment]  # psycopg: 'with conn' won't close it
-        return conn
+        return conn, slot_number
+
+    def _take_budget_slot(
+        self, conn: Connection[Any], wanted: int | None
+    ) -> int | None:
+        """Take an advisory-lock slot of the pool's budget across processes (``wanted``
+        first, if given): its number, or None if every slot is taken. One round trip."""
+        assert self._slots is not None
+        namespace, n = self._slots
+        if wanted is not None and wanted < n:
+            cursor = conn.execute(
+                TAKE_THIS_SLOT, {"namespace": namespace, "slot": wanted}, prepare=False
+            )
+            row = cursor.fetchone()
+            if row is not None and row[0]:
+                wanted_taken: int | None = wanted
+            else:
+                wanted_taken = None
+            if conn.pgconn.transaction_status != _IDLE:
+                conn.rollback()  # (a session-level lock outlives the transaction)
+            if wanted_taken is not None:
+                return wanted_taken
+        cursor = conn.execute(
+            TAKE_SLOT,
+            {"namespace": namespace, "n": n, "start": random.randrange(n)},
+            prepare=False,
+        )
+        row = cursor.fetchone()
+        if conn.pgconn.transaction_status != _IDLE:
+            conn.rollback()
+        return None if row is None else int(row[0])
 
     def _call_reconnect_failed(self) -> None:
         logger.error(
@@ -924,7 +972,11 @@ class Pool:
             try:
                 if not autocommit:
                     conn.set_autocommit(True)
-                cursor = conn.execute(SESSION_STATE_QUERY, prepare=False)
+                cursor = conn.execute(
+                    SESSION_STATE_QUERY,
+                    {"namespace": self._slots[0] if self._slots else -1},
+                    prepare=False,
+                )
                 row = cursor.fetchone()
             except Exception as ex:
                 logger.debug("pool %r: could not look at the session state: %s", self.name, ex)

@@ -101,7 +101,7 @@ class AsyncPooledConnection(AsyncConnection[Row]):
         self._box = []
         self._timeout = timeout
         self._unopened = True
-        self._rules = ClientRules(pool.policy, pool._answers)
+        self._rules = ClientRules(pool.policy, pool._answers, pool._slots is not None)
         self._chosen_prepared = None
         self._statements = self._transactions = 0
         return self

@@ -26,7 +26,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .._acompat import asleep
 from .._config import check_timeout, load_toml, read_manager_config
-from .._shared_budget import SharedBudget
+from .._shared_budget import SharedBudget, slot_namespace
 from ..errors import BudgetExceeded, PoolClosed, UnknownPool
 from ..policies import Policy
 from ..stats import Budget, ManagerStats, PoolInfo
@@ -73,6 +73,7 @@ class AsyncPoolManager:
         budget: int | None = None,
         reserve: int = DEFAULT_RESERVE,
         overcommit: bool = False,
+        across_processes: bool = False,
         **pool_options: Any,
     ) -> None:
         if not isinstance(conninfo, str):
@@ -93,6 +94,13 @@ class AsyncPoolManager:
                 )
         if not isinstance(overcommit, bool):
             raise TypeError(f"overcommit must be True or False, got {overcommit!r}")
+        if not isinstance(across_processes, bool):
+            raise TypeError(
+                f"across_processes must be True or False, got {across_processes!r}"
+            )
+        #: each pool's size holds across every process that runs a manager with the same
+        #: pool names (advisory-lock slots on the server)
+        self.across_processes = across_processes
         self.conninfo = conninfo
         self.reserve = reserve
         #: sizes are caps whose sum may exceed the budget; the connections the pools hold
@@ -222,6 +230,8 @@ class AsyncPoolManager:
         if self._shared is not None:
             pool._shared_budget = self._shared
             self._shared.join(pool, size)
+        if self.across_processes:
+            pool._slots = (slot_namespace(name), size)
         await pool.open()
         self._pools[name] = _Entry(pool, database, user)
         logger.info(
@@ -274,6 +284,8 @@ class AsyncPoolManager:
             self._check_budget(name, new_size, new_min)
             if self._shared is not None:
                 self._shared.join(pool, new_size)
+            if pool._slots is not None:  # connections opened from now on
+                pool._slots = (pool._slots[0], new_size)
             await pool.resize(new_min, new_size)
             logger.info("pool manager: pool %r resized to %d..%d", name, new_min, new_size)
         if mode is not None:

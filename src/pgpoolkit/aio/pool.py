@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio  # async-only
 import logging
+import random
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
@@ -58,8 +59,8 @@ from .._psycopg import (
     server_defaults,
 )
 from .._session_state import SESSION_STATE_COLUMNS, SESSION_STATE_QUERY, SessionChange
-from .._shared_budget import SharedBudget
-from ..errors import PoolTimeout, TooManyClients
+from .._shared_budget import TAKE_SLOT, TAKE_THIS_SLOT, SharedBudget
+from ..errors import NoFreeSlot, PoolTimeout, TooManyClients
 from ..policies import Action, ClientState, Policy, policy_for_mode
 from ..policies import Event as ClientEvent
 from ..stats import PoolStats
@@ -179,6 +180,9 @@ class AsyncPool:
         self._returned: Any = RETURNED
         #: an overcommitted PoolManager's budget, shared with the sibling pools (None: alone)
         self._shared_budget: SharedBudget | None = None
+        #: (namespace, N): every server connection holds one of N advisory-lock slots, a budget
+        #: PostgreSQL enforces across processes (a PoolManager's across_processes=True)
+        self._slots: tuple[int, int] | None = None
         #: the connections handed out by getconn() and not yet given back to putconn()
         self._lent: dict[AsyncConnection[Any], Slot[AsyncConnection[Any]]] = {}
         #: the open clients (pooled connections), for max_clients and the client stats
@@ -651,6 +655,10 @@ class AsyncPool:
                 forget_prepared(conn)
                 slot.session.clear()
                 slot.reported = slot.defaults.reported
+                if self._slots is not None:  # DISCARD ALL released the slot's lock
+                    slot.budget_slot = await self._take_budget_slot(conn, slot.budget_slot)
+                    if slot.budget_slot is None:
+                        return False  # another process took it meanwhile: this one goes
                 if self._configure is not None:  # DISCARD ALL undid what configure set up
                     await conn.set_autocommit(slot.defaults.settings[0])
                     await self._configure(conn)
@@ -744,7 +752,7 @@ class AsyncPool:
                 t0 = monotonic()
                 generation = self._core.generation
                 try:
-                    conn = await self._connect()
+                    conn, slot_number = await self._connect()
                 except Exception as ex:
                     now = monotonic()
                     with self._lock:
@@ -785,6 +793,7 @@ class AsyncPool:
                     slot.defaults = defaults
                     slot.settings = defaults.settings
                     slot.reported = defaults.reported
+                    slot.budget_slot = slot_number
                     self._core.place(slot, now)
                     if self._core.ready:
                         self._ready.set()
@@ -798,7 +807,8 @@ class AsyncPool:
                 self._shared_budget.give_back(self, wake=False)
             raise
 
-    async def _connect(self) -> AsyncConnection[Any]:
+    async def _connect(self) -> tuple[AsyncConnection[Any], int | None]:
+        """A new server connection, configured, and the slot it holds (across processes)."""
         conn = await self.connection_class.connect(
             resolve(self.conninfo), **resolve_kwargs(self.kwargs)
         )
@@ -811,11 +821,49 @@ class AsyncPool:
                         f"{TransactionStatus(conn.pgconn.transaction_status).name}: "
                         "commit or roll back in configure"
                     )
+            slot_number = None
+            if self._slots is not None:
+                slot_number = await self._take_budget_slot(conn, None)
+                if slot_number is None:
+                    raise NoFreeSlot(
+                        f"pool {self.name!r}: all {self._slots[1]} connection slots it shares "
+                        "with the other processes are taken"
+                    )
         except BaseException:
             await conn.close()
             raise
         conn._pool = self  # type: ignore[assignment]  # psycopg: 'with conn' won't close it
-        return conn
+        return conn, slot_number
+
+    async def _take_budget_slot(
+        self, conn: AsyncConnection[Any], wanted: int | None
+    ) -> int | None:
+        """Take an advisory-lock slot of the pool's budget across processes (``wanted``
+        first, if given): its number, or None if every slot is taken. One round trip."""
+        assert self._slots is not None
+        namespace, n = self._slots
+        if wanted is not None and wanted < n:
+            cursor = await conn.execute(
+                TAKE_THIS_SLOT, {"namespace": namespace, "slot": wanted}, prepare=False
+            )
+            row = await cursor.fetchone()
+            if row is not None and row[0]:
+                wanted_taken: int | None = wanted
+            else:
+                wanted_taken = None
+            if conn.pgconn.transaction_status != _IDLE:
+                await conn.rollback()  # (a session-level lock outlives the transaction)
+            if wanted_taken is not None:
+                return wanted_taken
+        cursor = await conn.execute(
+            TAKE_SLOT,
+            {"namespace": namespace, "n": n, "start": random.randrange(n)},
+            prepare=False,
+        )
+        row = await cursor.fetchone()
+        if conn.pgconn.transaction_status != _IDLE:
+            await conn.rollback()
+        return None if row is None else int(row[0])
 
     async def _call_reconnect_failed(self) -> None:
         logger.error(
@@ -931,7 +979,11 @@ class AsyncPool:
             try:
                 if not autocommit:
                     await conn.set_autocommit(True)
-                cursor = await conn.execute(SESSION_STATE_QUERY, prepare=False)
+                cursor = await conn.execute(
+                    SESSION_STATE_QUERY,
+                    {"namespace": self._slots[0] if self._slots else -1},
+                    prepare=False,
+                )
                 row = await cursor.fetchone()
             except Exception as ex:
                 logger.debug("pool %r: could not look at the session state: %s", self.name, ex)
