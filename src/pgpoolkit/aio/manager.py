@@ -353,6 +353,10 @@ class AsyncPoolManager:
             if other != name
         )
         left = self._total - others
+        logger.info(
+            "pool manager: pool %r refused %d connections: %d of %d left", name, size, left,
+            self._total,
+        )
         raise BudgetExceeded(
             f"pool {name!r} asks for {size} connections, but {left} of the budget of "
             f"{self._total} are left ({holders or 'no other pool'}): shrink or delete a pool, "
