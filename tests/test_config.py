@@ -310,3 +310,30 @@ def test_policy_tables_are_validated_when_the_pool_is_built() -> None:
 
     with pytest.raises(ValueError, match="table key"):
         Pool(SECRET_DSN, mode=BadKey(), open=False)
+
+
+@pytest.mark.parametrize("bad", [math.nan, -1.0, 0, "1"])
+def test_bad_per_call_timeout_is_refused_not_waited(dsn: str, bad: Any) -> None:
+    # (issue 12: an AsyncPool given timeout=nan hung)
+    with Pool(dsn, min_size=1, max_size=1) as pool:
+        held = pool.getconn()  # the only connection: a checkout would have to wait
+        with pytest.raises((ValueError, TypeError), match="timeout"):
+            pool.getconn(timeout=bad)
+        with pytest.raises((ValueError, TypeError), match="timeout"):
+            pool.connect(timeout=bad)
+        pool.putconn(held)
+
+
+async def test_wait_on_an_unopened_async_pool_says_so(dsn: str) -> None:
+    # (issue 12: it answered "was not ready after 3.0 s")
+    pool = AsyncPool(dsn, min_size=1)
+    with pytest.raises(PoolClosed, match="not open yet"):
+        await pool.wait(timeout=3.0)
+
+
+def test_bad_per_call_timeout_in_transaction_mode(dsn: str) -> None:
+    with Pool(dsn, min_size=1, mode="transaction") as pool:
+        with pytest.raises(ValueError, match="timeout"):
+            pool.connect(timeout=math.nan)
+        with pytest.raises(ValueError, match="timeout"):
+            pool.connection(timeout=-5)

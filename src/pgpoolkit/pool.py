@@ -425,6 +425,8 @@ class Pool:
         return client
 
     def _new_client(self, timeout: float | None) -> PooledConnection[Any]:
+        if timeout is not None:  # it bounds every bind of a transaction-mode client: now
+            timeout = check_timeout(timeout)
         return self._client_class._for_pool(self, timeout)
 
     def _open_client(self, client: Client, timeout: float | None) -> None:
@@ -508,6 +510,8 @@ class Pool:
         core = self._core
         if timeout is None:
             timeout = self._config.timeout
+        else:  # a per-call timeout: NaN or a negative one would wait for ever
+            timeout = check_timeout(timeout)
         t0 = monotonic()
         deadline = t0 + timeout
         retry = queued = False

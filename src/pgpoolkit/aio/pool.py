@@ -430,6 +430,8 @@ class AsyncPool:
         return client
 
     def _new_client(self, timeout: float | None) -> AsyncPooledConnection[Any]:
+        if timeout is not None:  # it bounds every bind of a transaction-mode client: now
+            timeout = check_timeout(timeout)
         return self._client_class._for_pool(self, timeout)
 
     async def _open_client(self, client: Client, timeout: float | None) -> None:
@@ -513,6 +515,8 @@ class AsyncPool:
         core = self._core
         if timeout is None:
             timeout = self._config.timeout
+        else:  # a per-call timeout: NaN or a negative one would wait for ever
+            timeout = check_timeout(timeout)
         t0 = monotonic()
         deadline = t0 + timeout
         retry = queued = False
