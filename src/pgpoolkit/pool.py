@@ -508,10 +508,8 @@ class Pool:
         dead. Interrupted (cancelled) while holding a connection, it gives the connection back.
         """
         core = self._core
-        if timeout is None:
-            timeout = self._config.timeout
-        else:  # a per-call timeout: NaN or a negative one would wait for ever
-            timeout = check_timeout(timeout)
+        # (a per-call timeout is checked: NaN or a negative one would wait for ever)
+        timeout = self._config.timeout if timeout is None else check_timeout(timeout)
         t0 = monotonic()
         deadline = t0 + timeout
         retry = queued = False
