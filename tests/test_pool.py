@@ -988,3 +988,45 @@ def test_no_password_in_errors_logs_or_stats(caplog: pytest.LogCaptureFixture) -
     assert "connection attempt failed" in caplog.text
     for text in texts:
         assert password not in text
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_forked_child_never_uses_the_parents_connections(
+    dsn: str, app: str, mode: str
+) -> None:
+    # (issue 12: a child used its parent's sockets: two processes on one backend)
+    with make_pool(dsn, app, min_size=1, mode=mode) as pool:
+        pool.wait()
+        conn = pool.connect()
+        conn.autocommit = True
+        parent_pid = conn.execute("SELECT pg_backend_pid()").fetchone()
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            code = 1
+            try:
+                if mode == "session":  # bound in the parent: closed for the child
+                    try:
+                        conn.execute("SELECT 1")
+                        code = 3
+                    except psycopg.OperationalError as ex:
+                        code = 0 if "forked" in str(ex) else 4
+                else:
+                    code = 0
+                if code == 0:
+                    with pool.connection() as mine:
+                        row = mine.execute("SELECT pg_backend_pid()").fetchone()
+                    code = 0 if row != parent_pid else 2
+            finally:
+                os.write(w, bytes([code]))
+                os._exit(code)
+        os.close(w)
+        status = os.read(r, 1)
+        os.close(r)
+        os.waitpid(pid, 0)
+        assert status == b"\x00", status
+        # the parent's connection is untouched: same backend, still in sync
+        assert conn.execute("SELECT pg_backend_pid()").fetchone() == parent_pid
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+        conn.close()

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from psycopg.pq.abc import PGconn
 
 __all__ = [
+    "FORKED",
     "RETURNED",
     "UNOPENED",
     "BetweenTransactions",
@@ -135,6 +136,11 @@ UNOPENED: Any = DetachedPGconn(
     "this connection comes from pool.connection() and opens when its block is entered: use "
     "it as '[async] with pool.connection() as conn:', or call pool.connect() for a "
     "connection to keep"
+)
+#: a pooled connection of a process's parent, in a forked child
+FORKED: Any = DetachedPGconn(
+    "the connection was opened before this process was forked: its server connection is the "
+    "parent's; open a new one (pool.connect()) in the child"
 )
 #: a pooled connection after close(): its server connection went back to the pool
 RETURNED: Any = DetachedPGconn("the connection is closed (it went back to its pool)")

@@ -30,6 +30,7 @@ from psycopg.rows import Row
 from .._client import ClientRules, HandBack
 from .._core import Slot
 from .._psycopg import (
+    FORKED,
     RETURNED,
     UNOPENED,
     adopt_settings,
@@ -193,6 +194,15 @@ class AsyncPooledConnection(AsyncConnection[Row]):
         mark_closed(self, False)
         if template is not None:
             adopt_settings(self, template, self._owner.policy.autocommit)
+
+    def _forget_after_fork(self) -> None:
+        """This process was forked: the server connection the client holds is the parent's.
+        Let go of it without a word to the server (the parent still uses it): the client is
+        closed for the child."""
+        self._box.clear()
+        self._released = True
+        mark_closed(self, True)
+        self.pgconn = FORKED
 
     async def _abandon(self) -> None:
         """Opening failed: give back the server connection bound meanwhile, if any."""

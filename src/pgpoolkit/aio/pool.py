@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio  # async-only
 import logging
+import os
 import random
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
@@ -200,6 +201,7 @@ class AsyncPool:
         self._workers: set[AWorker] = set()
         self._closing = AEvent()
         self._ready = AEvent()
+        _pools.add(self)  # for the fork handler
 
         if open:  # sync: if open or open is None:
             raise TypeError(OPEN_IN_CONSTRUCTOR)  # sync: self.open()
@@ -233,6 +235,27 @@ class AsyncPool:
         self._config = replace(self._config, policy=policy_for_mode(mode))
         self._use_policy(self._config.policy)
         logger.info("pool %r: mode changed to %s", self.name, self.policy.name)
+
+    def _after_fork_in_child(self) -> None:
+        """This process is a child forked from the one that opened the pool: every server
+        connection is the parent's (the same sockets, the same backends), so the child forgets
+        them all and starts afresh, never touching them (psycopg's own finalizers skip a
+        connection made in another process). Pooled connections bound in the parent are closed
+        for the child. A pool that was open reopens itself when it runs in threads; on an
+        event loop, whose tasks did not survive the fork, await open() again."""
+        was_open = self._core.opened and not self._core.closed
+        for client in _snapshot(self._clients):
+            client._forget_after_fork()
+        self._clients = weakref.WeakSet()
+        self._lent = {}
+        self._core = PoolCore(self._config)
+        self._deadlines = ADeadlines(self._core.waiters)
+        self._lock = ALock()  # another thread may have held it at the fork
+        self._workers = set()
+        self._closing = AEvent()
+        self._ready = AEvent()
+        if was_open:  # threads reopen it now; on an event loop, the application awaits open()
+            pass  # sync: self.open()
 
     # -- properties -----------------------------------------------------------------------------
 
@@ -1080,6 +1103,19 @@ async def _restore_settings(conn: AsyncConnection[Any], settings: tuple[Any, ...
         await conn.set_read_only(read_only)
     if conn.deferrable is not deferrable:
         await conn.set_deferrable(deferrable)
+
+
+#: every pool of this process, for the fork handler
+_pools: weakref.WeakSet[AsyncPool] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_pools):
+        pool._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _snapshot(clients: weakref.WeakSet[Client]) -> list[Client]:
