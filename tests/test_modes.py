@@ -1271,3 +1271,26 @@ def test_connect_timeout_bounds_every_bind(dsn: str, app: str) -> None:
         assert time.monotonic() - t0 < 5
         holder.close()
         quick.close()
+
+
+def test_broken_server_connection_goes_back_at_once(dsn: str, admin: Admin, app: str) -> None:
+    # (issue 12: clients whose backends were terminated mid-transaction kept them: "4 of 4 in
+    # use", and every new client timed out until they closed)
+    with make_pool(dsn, app, mode="transaction", max_size=2, timeout=3.0) as pool:
+        clients = [pool.connect() for _ in range(2)]
+        pids = [one(c, "SELECT pg_backend_pid()") for c in clients]  # both in a transaction
+        for pid in pids:
+            admin.execute("SELECT pg_terminate_backend(%s)", [pid])
+        for c in clients:
+            with pytest.raises(psycopg.OperationalError):
+                c.execute("SELECT 1")  # psycopg tells of the break
+        assert pool.stats().servers_active == 0  # given back at once, whatever comes next
+        with pool.connection() as other:  # served at once, by a new connection
+            assert one(other, "SELECT 1") == 1
+        for c in clients:
+            with pytest.raises(psycopg.OperationalError, match="work is lost"):
+                c.execute("SELECT 1")  # the transaction it was in is gone: said once
+            assert one(c, "SELECT 2") == 2  # then it goes on
+            c.commit()
+            c.close()
+        assert pool.stats().servers_active == 0

@@ -27,9 +27,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, cast
 
+import psycopg
 from psycopg import Connection
 from psycopg.abc import PQGen
-from psycopg.pq import TransactionStatus
+from psycopg.pq import ConnStatus, TransactionStatus
 from psycopg.rows import Row
 
 from ._acompat import NO_GUARD, BindLock, Guard, Lock, NoGuard
@@ -60,6 +61,7 @@ __all__ = ["TransactionModeConnection"]
 logger = logging.getLogger("pgpoolkit")
 
 _IDLE = TransactionStatus.IDLE
+_BAD = ConnStatus.BAD
 
 
 class TransactionModeConnection(PooledConnection[Row]):
@@ -78,6 +80,9 @@ class TransactionModeConnection(PooledConnection[Row]):
     _guard: Guard | NoGuard
     #: why the client lost its transaction (idle_in_transaction_timeout), for its next use
     _aborted: str | None
+    #: the error that tells it (IdleInTransactionTimeout, or OperationalError for a server
+    #: connection that broke under the transaction)
+    _aborted_error: type[Exception]
     #: the blocks open when it was lost: each raises at its exit, the last one clears _aborted
     _aborted_holds: int
     #: the session settings the client keeps (name -> SQL value): set on every server
@@ -94,6 +99,7 @@ class TransactionModeConnection(PooledConnection[Row]):
         self._bind_lock = BindLock()
         self._guard = Guard() if pool.idle_in_transaction_timeout else NO_GUARD
         self._aborted = None
+        self._aborted_error = IdleInTransactionTimeout
         self._aborted_holds = 0
         self._wanted = {}
         self._replay = None
@@ -115,7 +121,7 @@ class TransactionModeConnection(PooledConnection[Row]):
             if not self._aborted_holds:  # raised once; the blocks' exits raise it too
                 self._aborted = None
             self._guard.release()
-            raise IdleInTransactionTimeout(message)
+            raise self._aborted_error(message)
 
     def _use(
         self,
@@ -218,13 +224,16 @@ class TransactionModeConnection(PooledConnection[Row]):
         self._replay = None
         try:
             slot = None
+            broken = False
             pool = self._owner
             rules = self._rules
             if rules.undo_pending and rules.pins and rules.users == 1 and not rules.holds:
                 self._recheck_pins()
             with self._state_lock:
                 rules.users -= 1
-                if self._box:
+                if self._box and self.pgconn.status == _BAD and not rules.users:
+                    broken = True  # the server connection broke under the client
+                elif self._box:
                     idle = self.pgconn.transaction_status == _IDLE
                     if ran:
                         self._statements += 1
@@ -238,8 +247,29 @@ class TransactionModeConnection(PooledConnection[Row]):
                         slot = self._take_slot(pool._between)
             if slot is not None:
                 pool._release_client(self, slot, True)
+            elif broken:
+                self._lost_server()
         finally:
             self._guard.release()
+
+    def _lost_server(self) -> None:
+        """The server connection broke under the client (the server restarted, its backend was
+        terminated, the network failed): it goes back to the pool at once, which replaces it,
+        whatever the client does next. A transaction, block or pin it held is lost: its next
+        use says so, once (psycopg raised the break itself already)."""
+        rules = self._rules
+        if not self.autocommit or rules.holds or rules.pinned:
+            self._abort_transaction(
+                "the server connection broke under this connection's transaction (the "
+                "server restarted, the backend was terminated or the network failed): its "
+                "work is lost; run the transaction again",
+                psycopg.OperationalError,
+            )
+            return
+        with self._state_lock:
+            slot = self._take_slot(self._owner._between)
+        if slot is not None:
+            self._owner._release_client(self, slot, False)
 
     def _recheck_pins(self) -> None:
         """Statements that may undo what pinned the client ran (UNLISTEN, DISCARD TEMP, RESET
@@ -269,12 +299,16 @@ class TransactionModeConnection(PooledConnection[Row]):
             self._owner._client_pinned("a session parameter changed, as the server reported")
         return self._rules.pinned
 
-    def _abort_transaction(self, message: str) -> None:
-        """Take the transaction away from a client idle in it too long (the pool's
-        idle_in_transaction_timeout; the caller holds the guard): rolled back, the server
-        connection released (kept if pinned), and the client told at its next use."""
+    def _abort_transaction(
+        self, message: str, error: type[Exception] = IdleInTransactionTimeout
+    ) -> None:
+        """Take the transaction away from a client (idle in it too long: the pool's
+        idle_in_transaction_timeout; or its server connection broke; the caller holds the
+        guard): rolled back, the server connection released (kept if pinned and sound), and
+        the client told at its next use with ``error``."""
         rules = self._rules
         self._aborted = message
+        self._aborted_error = error
         self._aborted_holds = rules.holds
         forget_transaction_blocks(self)
         pool = self._owner
@@ -282,10 +316,11 @@ class TransactionModeConnection(PooledConnection[Row]):
             slot = self._box[0] if self._box else None
             if slot is None:
                 return
-            if not rules.pinned:
+            keep = rules.pinned and self.pgconn.status != _BAD
+            if not keep:
                 rules.holds = 0
                 slot = self._take_slot(pool._between)
-        if not rules.pinned:
+        if not keep:
             if slot is not None:
                 pool._release_client(self, slot, False)
             return
@@ -306,7 +341,7 @@ class TransactionModeConnection(PooledConnection[Row]):
         # (*args: psycopg 3.2 takes a timeout, 3.3 an interval and a timeout)
         if self._aborted_holds and self._aborted is not None:
             gen.close()  # a block whose transaction was taken away: it ends with the news
-            raise IdleInTransactionTimeout(self._aborted)
+            raise self._aborted_error(self._aborted)
         if not self._box:  # every I/O of psycopg passes here: none without a server connection
             done, value = run_setting(gen)  # autocommit = ...: no I/O between transactions
             if done:
