@@ -337,3 +337,16 @@ def test_bad_per_call_timeout_in_transaction_mode(dsn: str) -> None:
             pool.connect(timeout=math.nan)
         with pytest.raises(ValueError, match="timeout"):
             pool.connection(timeout=-5)
+
+
+@pytest.mark.parametrize(
+    "conninfo",
+    ["host=x password=Hunter2-ultra-secret dbname", "postgresql://bob:Hunter2-ultra-secret@[::1"],
+)
+def test_unparsable_conninfo_fails_at_construction(conninfo: str) -> None:
+    # (issue 12: it was retried for ever)
+    with pytest.raises(ValueError, match="conninfo cannot be parsed") as info:
+        Pool(conninfo, open=False)
+    assert PASSWORD not in str(info.value)
+    with pytest.raises(ValueError, match="conninfo cannot be parsed"):
+        AsyncPool(conninfo)

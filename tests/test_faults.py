@@ -344,3 +344,35 @@ async def test_check_cancelled_midway(dsn: str, admin: Admin, app: str) -> None:
         await await_for(lambda: server_connections(admin, app) == 2, what="2 backends")
         async with pool.connection(timeout=2) as conn:
             await conn.execute("SELECT 1")
+
+
+@pytest.mark.slow
+def test_waiters_served_within_a_second_of_the_server_return(pg: TemporaryPostgres) -> None:
+    # (issue 12: after a 3-10 s outage the first waiters were served up to 9.7 s after the
+    # server came back: the retry delay had doubled to 10 s). Real delays, no fast_retry.
+    with Pool(pg.dsn, min_size=1, max_size=2, timeout=30) as pool:
+        pool.wait(5)
+        pg.stop()
+        stopped = time.monotonic()
+        served_at: list[float] = []
+
+        def caller() -> None:
+            with pool.connection(timeout=30) as conn:
+                conn.execute("SELECT 1")
+                served_at.append(time.monotonic())
+
+        threads = [threading.Thread(target=caller) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        # an outage of a few seconds, long enough for the old backoff to reach its 10 s
+        wait_for(lambda: pool.stats().connections_failed_total >= 5, timeout=20,
+                 what="five failed attempts")
+        failed_before = pool.stats().connections_failed_total
+        pg.start()
+        back = time.monotonic()
+        for thread in threads:
+            thread.join(30)
+        assert len(served_at) == 4
+        assert max(served_at) - back < 1.5  # start-up of the server included
+        # bounded while it was away: a few attempts a second at the most, no busy loop
+        assert failed_before / (back - stopped) < 4

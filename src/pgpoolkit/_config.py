@@ -15,6 +15,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, get_origin
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
 from .policies import Policy, policy_for_mode
 
 _pool_numbers = itertools.count(1)
@@ -194,12 +197,18 @@ def resized(config: PoolConfig, min_size: int, max_size: int | None) -> PoolConf
 
 
 def check_conninfo(conninfo: object) -> None:
-    """conninfo is a string or a callable returning one (for rotating credentials)."""
+    """conninfo is a string or a callable returning one (for rotating credentials); a string
+    must parse (a malformed one would fail every connection attempt for ever)."""
     if not (isinstance(conninfo, str) or callable(conninfo)):
         raise TypeError(
             "conninfo must be a connection string or a callable returning one, "
             f"got {type(conninfo).__name__}"
         )
+    if isinstance(conninfo, str):
+        try:
+            conninfo_to_dict(conninfo)
+        except psycopg.Error as ex:  # libpq's message may quote the string: redacted
+            raise ValueError(f"conninfo cannot be parsed: {redact(str(ex))}") from None
 
 
 def check_kwargs(kwargs: object) -> None:

@@ -23,9 +23,12 @@ from .errors import PoolClosed, TooManyRequests
 
 T = TypeVar("T")
 
-#: first delay before retrying a failed connection attempt, then doubled up to RETRY_MAX_DELAY
+#: first delay before retrying a failed connection attempt, then doubled up to RETRY_MAX_DELAY.
+#: The retrier only runs while there is demand (requests waiting, or the pool below min_size),
+#: so the cap is what those wait for after the server returns: under a second (with jitter),
+#: at the price of at most one or two attempts a second while it is away
 RETRY_INITIAL_DELAY = 0.2
-RETRY_MAX_DELAY = 10.0
+RETRY_MAX_DELAY = 0.8
 #: each delay is multiplied by a random factor in [1 - RETRY_JITTER, 1 + RETRY_JITTER]
 RETRY_JITTER = 0.25
 #: the default cap on connection attempts in progress at once (``num_workers``, as
