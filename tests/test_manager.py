@@ -48,6 +48,40 @@ def backends(admin: Admin, database: str) -> int:
     return int(row[0])
 
 
+def under_load(
+    admin: Admin, pools: list[Any], databases: tuple[str, str], threads: int
+) -> tuple[int, list[int]]:
+    """Clients of the pools (alternately) running short statements until both pools served
+    20 of them: the most backends the two databases had together, and what each pool served."""
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    served = [0, 0]
+
+    def work(k: int) -> None:
+        try:
+            conn = pools[k % 2].connect()
+            conn.autocommit = True
+            while not stop.is_set():
+                conn.execute("SELECT pg_sleep(0.004)")
+                served[k % 2] += 1
+            conn.close()
+        except BaseException as ex:
+            errors.append(ex)
+
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(threads)]
+    for t in workers:
+        t.start()
+    peak = 0
+    deadline = time.monotonic() + 15
+    while min(served) < 20 and time.monotonic() < deadline:  # both pools at work
+        peak = max(peak, sum(backends(admin, database) for database in databases))
+    stop.set()
+    for t in workers:
+        t.join(30)
+    assert not errors, errors[:2]
+    return peak, served
+
+
 def test_the_seeds_workflow(dsn: str, admin: Admin, databases: tuple[str, str]) -> None:
     db_a, db_b = databases
     with PoolManager(dsn, budget=20, timeout=5.0) as manager:
@@ -137,32 +171,7 @@ def test_pools_never_exceed_the_budget_under_load(
             manager.create_pool("a", database=db_a, size=4),
             manager.create_pool("b", database=db_b, size=2),
         ]
-        peak = 0
-        stop = threading.Event()
-        errors: list[BaseException] = []
-        served = [0, 0]
-
-        def work(k: int) -> None:
-            try:
-                conn = pools[k % 2].connect()
-                conn.autocommit = True
-                while not stop.is_set():
-                    conn.execute("SELECT pg_sleep(0.005)")
-                    served[k % 2] += 1
-                conn.close()
-            except BaseException as ex:
-                errors.append(ex)
-
-        threads = [threading.Thread(target=work, args=(k,)) for k in range(12)]
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 15
-        while min(served) < 20 and time.monotonic() < deadline:  # both pools at work
-            peak = max(peak, backends(admin, db_a) + backends(admin, db_b))
-        stop.set()
-        for t in threads:
-            t.join(20)
-        assert not errors, errors[:2]
+        peak, served = under_load(admin, pools, (db_a, db_b), threads=12)
         assert 0 < peak <= 6
         assert served[0] and served[1]  # every pool was served
 
@@ -252,32 +261,7 @@ def test_overcommit_never_exceeds_the_budget(
             manager.create_pool("b", database=db_b, size=4),
         ]
         assert manager.budget().allocated == 8  # caps: their sum may exceed the budget
-        stop = threading.Event()
-        errors: list[BaseException] = []
-        served = [0, 0]
-        peak = 0
-
-        def work(k: int) -> None:
-            try:
-                conn = pools[k % 2].connect()
-                conn.autocommit = True
-                while not stop.is_set():
-                    conn.execute("SELECT pg_sleep(0.003)")
-                    served[k % 2] += 1
-                conn.close()
-            except BaseException as ex:
-                errors.append(ex)
-
-        threads = [threading.Thread(target=work, args=(k,)) for k in range(10)]
-        for t in threads:
-            t.start()
-        deadline = time.monotonic() + 15
-        while min(served) < 20 and time.monotonic() < deadline:  # both pools at work
-            peak = max(peak, backends(admin, db_a) + backends(admin, db_b))
-        stop.set()
-        for t in threads:
-            t.join(30)
-        assert not errors, errors[:2]
+        peak, served = under_load(admin, pools, (db_a, db_b), threads=10)
         assert 0 < peak <= 4
         assert served[0] > 0 and served[1] > 0
 
