@@ -50,7 +50,6 @@ from ._config import (
 from ._core import PoolCore, Slot
 from ._probe import is_alive, make_probe
 from ._psycopg import (
-    RETURNED,
     BetweenTransactions,
     drop_client_handlers,
     forget_prepared,
@@ -81,7 +80,7 @@ _INERROR = TransactionStatus.INERROR
 
 #: configure, check and reset: called with a connection (coroutine functions in Pool)
 ConnectionCallback = Callable[[Connection[Any]], None]
-#: a client of the pool: a pooled connection (session mode) or a transaction-mode client
+#: a client of the pool: a pooled connection (of either mode)
 Client = PooledConnection[Any]
 #: reconnect_failed: called with the pool (a function or a coroutine function in Pool)
 ReconnectFailedCallback = Callable[["Pool"], Any]
@@ -173,8 +172,6 @@ class Pool:
         #: what transaction-mode clients hold between transactions (made with the template)
         self._between: Any = None
         self._use_policy(self.policy)
-        #: what a closed client holds
-        self._returned: Any = RETURNED
         #: an overcommitted PoolManager's budget, shared with the sibling pools (None: alone)
         self._shared_budget: SharedBudget | None = None
         #: (namespace, N): every server connection holds one of N advisory-lock slots, a budget
@@ -485,7 +482,7 @@ class Pool:
     def getconn(self, timeout: float | None = None) -> Connection[Any]:
         """Check out a raw psycopg connection; give it back with :meth:`putconn`
         (psycopg_pool's low-level API)."""
-        slot = self._acquire(timeout)
+        slot = self._acquire(None if timeout is None else check_timeout(timeout))
         if slot.session:  # settings transaction-mode clients keep: not for a raw connection
             try:
                 self._apply_session(slot, {})
@@ -531,8 +528,8 @@ class Pool:
         dead. Interrupted (cancelled) while holding a connection, it gives the connection back.
         """
         core = self._core
-        # (a per-call timeout is checked: NaN or a negative one would wait for ever)
-        timeout = self._config.timeout if timeout is None else check_timeout(timeout)
+        if timeout is None:  # (a per-call one was checked where it came in: NaN waits for ever)
+            timeout = self._config.timeout
         t0 = monotonic()
         deadline = t0 + timeout
         retry = queued = False
@@ -863,26 +860,14 @@ class Pool:
         assert self._slots is not None
         namespace, n = self._slots
         if wanted is not None and wanted < n:
-            cursor = conn.execute(
-                TAKE_THIS_SLOT, {"namespace": namespace, "slot": wanted}, prepare=False
+            row = _outside_transaction(
+                conn, TAKE_THIS_SLOT, {"namespace": namespace, "slot": wanted}
             )
-            row = cursor.fetchone()
             if row is not None and row[0]:
-                wanted_taken: int | None = wanted
-            else:
-                wanted_taken = None
-            if conn.pgconn.transaction_status != _IDLE:
-                conn.rollback()  # (a session-level lock outlives the transaction)
-            if wanted_taken is not None:
-                return wanted_taken
-        cursor = conn.execute(
-            TAKE_SLOT,
-            {"namespace": namespace, "n": n, "start": random.randrange(n)},
-            prepare=False,
+                return wanted
+        row = _outside_transaction(
+            conn, TAKE_SLOT, {"namespace": namespace, "n": n, "start": random.randrange(n)}
         )
-        row = cursor.fetchone()
-        if conn.pgconn.transaction_status != _IDLE:
-            conn.rollback()
         return None if row is None else int(row[0])
 
     def _call_reconnect_failed(self) -> None:
@@ -967,14 +952,7 @@ class Pool:
         if not statements:
             return
         conn = slot.conn
-        autocommit = conn.autocommit
-        if not autocommit:
-            conn.set_autocommit(True)
-        try:
-            conn.execute("; ".join(statements), prepare=False)
-        finally:
-            if not autocommit and conn.pgconn.transaction_status == _IDLE:
-                conn.set_autocommit(False)
+        _outside_transaction(conn, "; ".join(statements))
         slot.session = dict(wanted)
         slot.reported = reported_parameters(conn.pgconn)
 
@@ -993,22 +971,13 @@ class Pool:
         with client_lock:
             if conn.pgconn.transaction_status != _IDLE:
                 return None
-            autocommit = conn.autocommit
             try:
-                if not autocommit:
-                    conn.set_autocommit(True)
-                cursor = conn.execute(
-                    SESSION_STATE_QUERY,
-                    {"namespace": self._slots[0] if self._slots else -1},
-                    prepare=False,
+                row = _outside_transaction(
+                    conn, SESSION_STATE_QUERY, {"namespace": self._slots[0] if self._slots else -1}
                 )
-                row = cursor.fetchone()
             except Exception as ex:
                 logger.debug("pool %r: could not look at the session state: %s", self.name, ex)
                 return None
-            finally:
-                if not autocommit and conn.pgconn.transaction_status == _IDLE:
-                    conn.set_autocommit(False)
         if row is None:
             return None
         return {kind for kind, present in zip(SESSION_STATE_COLUMNS, row, strict=True) if present}
@@ -1082,6 +1051,23 @@ class Pool:
         with self._lock:
             self._core.reset_counters()
         return stats
+
+
+def _outside_transaction(
+    conn: Connection[Any], query: Any, params: Any = None
+) -> Any:
+    """Run ``query`` on an idle server connection of the pool in autocommit (no transaction
+    left open, whatever the connection's own setting), and return its first row, if it
+    returns rows. The pool's own statements: never prepared."""
+    autocommit = conn.autocommit
+    if not autocommit:
+        conn.set_autocommit(True)
+    try:
+        cursor = conn.execute(query, params, prepare=False)
+        return cursor.fetchone() if cursor.description is not None else None
+    finally:
+        if not autocommit and conn.pgconn.transaction_status == _IDLE:
+            conn.set_autocommit(False)
 
 
 def _restore_settings(conn: Connection[Any], settings: tuple[Any, ...]) -> None:
