@@ -59,7 +59,7 @@ from ._psycopg import (
     server_defaults,
 )
 from ._session_state import SESSION_STATE_COLUMNS, SESSION_STATE_QUERY, SessionChange
-from ._shared_budget import TAKE_SLOT, TAKE_THIS_SLOT, SharedBudget
+from ._shared_budget import TAKE_SLOT, TAKE_THIS_SLOT, SharedBudget, slot_namespace
 from .connection import PooledConnection, pooled_class
 from .errors import NoFreeSlot, PoolTimeout, TooManyClients
 from .policies import Action, ClientState, Policy, policy_for_mode
@@ -372,9 +372,17 @@ class Pool:
     ) -> None:
         self.close()
 
+    def _share_budget(self, shared: SharedBudget | None, across_processes: bool) -> None:
+        """A PoolManager's budget: ``shared`` with the sibling pools (overcommitted), and/or
+        held ``across_processes`` by advisory-lock slots, as many as max_size."""
+        self._shared_budget = shared
+        self._slots = (slot_namespace(self.name), self.max_size) if across_processes else None
+
     def resize(self, min_size: int, max_size: int | None = None) -> None:
         """Change min_size and max_size while the pool runs."""
         config = self._config = resized(self._config, min_size, max_size)
+        if self._slots is not None:  # the connections opened from now on take one of these
+            self._slots = (self._slots[0], config.max_size)
         with self._lock:
             self._core.resize(config.min_size, config.max_size)
         self._do_work()

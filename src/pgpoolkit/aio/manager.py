@@ -26,7 +26,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from .._acompat import asleep
 from .._config import check_timeout, load_toml, read_manager_config
-from .._shared_budget import SharedBudget, slot_namespace
+from .._shared_budget import SharedBudget
 from ..errors import BudgetExceeded, PoolClosed, UnknownPool
 from ..policies import Policy
 from ..stats import Budget, ManagerStats, PoolInfo
@@ -228,10 +228,8 @@ class AsyncPoolManager:
             conninfo, name=name, mode=mode, min_size=min_size, max_size=size, **options
         )
         if self._shared is not None:
-            pool._shared_budget = self._shared
             self._shared.join(pool, size)
-        if self.across_processes:
-            pool._slots = (slot_namespace(name), size)
+        pool._share_budget(self._shared, self.across_processes)
         await pool.open()
         self._pools[name] = _Entry(pool, database, user)
         logger.info(
@@ -284,8 +282,6 @@ class AsyncPoolManager:
             self._check_budget(name, new_size, new_min)
             if self._shared is not None:
                 self._shared.join(pool, new_size)
-            if pool._slots is not None:  # connections opened from now on
-                pool._slots = (pool._slots[0], new_size)
             await pool.resize(new_min, new_size)
             logger.info("pool manager: pool %r resized to %d..%d", name, new_min, new_size)
         if mode is not None:
