@@ -1,6 +1,6 @@
 """An asyncio application: many tasks over a few server connections.
 
-    python examples/asyncio_app.py "host=127.0.0.1 dbname=postgres user=postgres"
+python examples/asyncio_app.py "host=127.0.0.1 dbname=postgres user=postgres"
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """configure / check / reset callbacks and rotating credentials.
 
-    python examples/callbacks.py "host=127.0.0.1 dbname=postgres user=postgres"
+python examples/callbacks.py "host=127.0.0.1 dbname=postgres user=postgres"
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """A custom pooling policy: transaction pooling that refuses LISTEN.
 
-    python examples/custom_policy.py "host=127.0.0.1 dbname=postgres user=postgres"
+python examples/custom_policy.py "host=127.0.0.1 dbname=postgres user=postgres"
 """
 
 from __future__ import annotations

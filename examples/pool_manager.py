@@ -1,6 +1,6 @@
 """Named pools sharing one server's connection budget, as managed PostgreSQL services offer.
 
-    python examples/pool_manager.py "host=127.0.0.1 dbname=postgres user=postgres"
+python examples/pool_manager.py "host=127.0.0.1 dbname=postgres user=postgres"
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ def main(dsn: str) -> None:
         with web.connection() as conn:
             conn.execute("SELECT 1")
         for info in manager.list_pools():
-            print(f"{info.name}: {info.mode}, {info.servers_active + info.servers_idle}"
-                  f"/{info.size} connections")
+            print(
+                f"{info.name}: {info.mode}, {info.servers_active + info.servers_idle}"
+                f"/{info.size} connections"
+            )
 
         manager.update_pool("jobs", size=6)  # live, checked against the budget
         try:

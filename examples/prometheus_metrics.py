@@ -1,7 +1,7 @@
 """Serve a pool's and a pool manager's figures at http://localhost:9100/metrics for Prometheus.
 
-    pip install "pgpoolkit[prometheus]"
-    python examples/prometheus_metrics.py "host=127.0.0.1 dbname=postgres user=postgres" 30
+pip install "pgpoolkit[prometheus]"
+python examples/prometheus_metrics.py "host=127.0.0.1 dbname=postgres user=postgres" 30
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Quickstart: a threaded pool shared by a few workers.
 
-    python examples/quickstart.py "host=127.0.0.1 dbname=postgres user=postgres"
+python examples/quickstart.py "host=127.0.0.1 dbname=postgres user=postgres"
 """
 
 from __future__ import annotations

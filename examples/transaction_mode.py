@@ -1,6 +1,6 @@
 """Transaction pooling: many open clients over a few server connections.
 
-    python examples/transaction_mode.py "host=127.0.0.1 dbname=postgres user=postgres"
+python examples/transaction_mode.py "host=127.0.0.1 dbname=postgres user=postgres"
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def main(dsn: str) -> None:
         print("pinned clients:", pool.stats().clients_pinned)
         for conn in clients:
             conn.close()
+
 
 if __name__ == "__main__":
     main(sys.argv[1] if len(sys.argv) > 1 else "")

@@ -15,7 +15,11 @@ from pgpoolkit import PoolManager
 def main(dsn: str, app: str, units: int, hold: float) -> None:
     with PoolManager(dsn, budget=50, across_processes=True) as manager:
         pool = manager.create_pool(
-            "shared", size=3, min_size=0, max_idle=0.1, timeout=30.0,
+            "shared",
+            size=3,
+            min_size=0,
+            max_idle=0.1,
+            timeout=30.0,
             kwargs={"application_name": app},
         )
         if hold:  # hold every slot, then sleep: the test kills this process

@@ -76,9 +76,7 @@ class ClientRulesMachine(RuleBasedStateMachine):
         self.in_transaction = still_open or self.rules_.holds > 0
         if self.rules_.releases(not self.in_transaction):
             assert not self.rules_.pins and not self.rules_.holds and not self.rules_.users
-            assert (
-                self.policy.decide(ClientState.BOUND, Event.IDLE_AFTER) is Action.RELEASE
-            )
+            assert self.policy.decide(ClientState.BOUND, Event.IDLE_AFTER) is Action.RELEASE
             self.rules_.hand_back()
             self.bound = False
 
@@ -139,9 +137,13 @@ class ClientRulesMachine(RuleBasedStateMachine):
         dirty = self.rules_.dirty
         self.rules_.on_close(self.bound, self.in_transaction)
         back = self.rules_.hand_back()
-        assert back.reset == (dirty or self.rules_.policy.decide(
-            self.rules_.state(self.bound, self.in_transaction), Event.CLOSE
-        ) is Action.RESET)
+        assert back.reset == (
+            dirty
+            or self.rules_.policy.decide(
+                self.rules_.state(self.bound, self.in_transaction), Event.CLOSE
+            )
+            is Action.RESET
+        )
         assert not self.rules_.pins and not self.rules_.dirty
         self.rules_.holds = 0
         self.bound = self.in_transaction = False

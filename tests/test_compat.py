@@ -24,14 +24,20 @@ def test_names_are_pgpoolkit_pools() -> None:
     assert issubclass(ConnectionPool, pgpoolkit.Pool)
     assert issubclass(AsyncConnectionPool, pgpoolkit.AsyncPool)
     assert (PoolClosed, PoolTimeout, TooManyRequests) == (
-        pgpoolkit.PoolClosed, pgpoolkit.PoolTimeout, pgpoolkit.TooManyRequests
+        pgpoolkit.PoolClosed,
+        pgpoolkit.PoolTimeout,
+        pgpoolkit.TooManyRequests,
     )
 
 
 def test_generic_pool_of_dict_rows(dsn: str) -> None:
     with ConnectionPool[psycopg.Connection[DictRow]](
-        dsn, connection_class=psycopg.Connection[DictRow], kwargs={"row_factory": dict_row},
-        min_size=1, num_workers=2, open=True,
+        dsn,
+        connection_class=psycopg.Connection[DictRow],
+        kwargs={"row_factory": dict_row},
+        min_size=1,
+        num_workers=2,
+        open=True,
     ) as pool:
         pool.wait()
         assert (pool.num_workers, pool.max_idle, pool.max_waiting) == (2, 600.0, 0)

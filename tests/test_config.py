@@ -104,8 +104,11 @@ def test_bad_config_messages_say_what_is_accepted() -> None:
 
 @pytest.mark.parametrize(
     ("mode", "policy"),
-    [("session", "SessionPolicy"), ("transaction", "TransactionPolicy"),
-     ("statement", "StatementPolicy")],
+    [
+        ("session", "SessionPolicy"),
+        ("transaction", "TransactionPolicy"),
+        ("statement", "StatementPolicy"),
+    ],
 )
 def test_modes_by_name(mode: str, policy: str) -> None:
     pool = Pool(SECRET_DSN, mode=mode, open=False)
@@ -178,8 +181,16 @@ async def test_infinite_timeout_is_accepted_and_works_async(dsn: str) -> None:
 def test_no_password_in_repr_or_stats() -> None:
     pool = Pool(SECRET_DSN, open=False, name="secretive")
     apool = AsyncPool(SECRET_DSN, name="asecretive")
-    for text in (repr(pool), str(pool), repr(apool), str(apool), repr(pool.stats()),
-                 repr(apool.stats()), repr(pool.get_stats()), repr(pool.stats().as_dict())):
+    for text in (
+        repr(pool),
+        str(pool),
+        repr(apool),
+        str(apool),
+        repr(pool.stats()),
+        repr(apool.stats()),
+        repr(pool.get_stats()),
+        repr(pool.stats().as_dict()),
+    ):
         assert PASSWORD not in text
     assert "secretive" in repr(pool)
 

@@ -100,7 +100,11 @@ def test_pool_options_and_connection_options(dsn: str, admin: Admin, app: str) -
     t0 = time.monotonic()
     with pytest.raises(PoolTimeout, match=r"'dropin'.*1 of 1 in use"):
         pgpoolkit.connect(
-            dsn, application_name=app, max_size=1, name="dropin", row_factory=dict_row,
+            dsn,
+            application_name=app,
+            max_size=1,
+            name="dropin",
+            row_factory=dict_row,
             timeout=0.2,
         )
     assert time.monotonic() - t0 < 1

@@ -544,9 +544,7 @@ class CoreMachine(RuleBasedStateMachine):
                 cap = core.num_workers
                 assert core.connecting <= cap
                 assert self._total() >= min(core.min_size, core.size + cap)
-                assert core.connecting >= min(
-                    len(core.waiters), core.max_size - core.in_use, cap
-                )
+                assert core.connecting >= min(len(core.waiters), core.max_size - core.in_use, cap)
             if core.waiters:  # somebody will serve them: a connection attempt or a return
                 assert core.connecting + core.in_use >= 1
 

@@ -49,9 +49,7 @@ def tpool(dsn: str, app: str) -> Iterator[Pool]:
 
 
 @pytest.fixture(params=["direct", "session", "transaction"])
-def connect(
-    request: pytest.FixtureRequest, dsn: str, pool: Pool, tpool: Pool
-) -> Iterator[Connect]:
+def connect(request: pytest.FixtureRequest, dsn: str, pool: Pool, tpool: Pool) -> Iterator[Connect]:
     opened: list[psycopg.Connection[Any]] = []
 
     def direct(**kwargs: Any) -> psycopg.Connection[Any]:
@@ -71,9 +69,7 @@ def connect(
         opened.append(conn)
         return conn
 
-    yield {"direct": direct, "session": pooled, "transaction": pooled_transaction}[
-        request.param
-    ]
+    yield {"direct": direct, "session": pooled, "transaction": pooled_transaction}[request.param]
     for conn in opened:
         conn.close()
 
@@ -285,12 +281,15 @@ def test_prepared_two_phase_transaction_then_close(pool: Pool, dsn: str) -> None
 
 
 def test_connection_class_generic_and_subclass(dsn: str, app: str) -> None:
-    with Pool(
-        dsn,
-        connection_class=psycopg.Connection[DictRow],
-        kwargs={"row_factory": dict_row, "application_name": app},
-        min_size=1,
-    ) as pool, pool.connection() as conn:
+    with (
+        Pool(
+            dsn,
+            connection_class=psycopg.Connection[DictRow],
+            kwargs={"row_factory": dict_row, "application_name": app},
+            min_size=1,
+        ) as pool,
+        pool.connection() as conn,
+    ):
         assert isinstance(conn, PooledConnection)
         assert conn.execute("SELECT 1 AS one").fetchone() == {"one": 1}
 

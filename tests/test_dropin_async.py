@@ -107,12 +107,15 @@ async def test_next_client_gets_a_clean_connection_object(apool: AsyncPool) -> N
 
 
 async def test_connection_class_generic(dsn: str) -> None:
-    async with AsyncPool(
-        dsn,
-        connection_class=psycopg.AsyncConnection[DictRow],
-        kwargs={"row_factory": dict_row},
-        min_size=1,
-    ) as pool, pool.connection() as conn:
+    async with (
+        AsyncPool(
+            dsn,
+            connection_class=psycopg.AsyncConnection[DictRow],
+            kwargs={"row_factory": dict_row},
+            min_size=1,
+        ) as pool,
+        pool.connection() as conn,
+    ):
         assert isinstance(conn, AsyncPooledConnection)
         cur = await conn.execute("SELECT 1 AS one")
         assert await cur.fetchone() == {"one": 1}

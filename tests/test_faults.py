@@ -152,8 +152,14 @@ def test_server_restart(pg: TemporaryPostgres, fast_retry: None, app: str) -> No
         failed.set()
 
     with Pool(
-        pg.dsn, kwargs={"application_name": app}, min_size=2, max_size=4, timeout=5,
-        reconnect_timeout=0.3, reconnect_failed=reconnect_failed, name="restarted",
+        pg.dsn,
+        kwargs={"application_name": app},
+        min_size=2,
+        max_size=4,
+        timeout=5,
+        reconnect_timeout=0.3,
+        reconnect_failed=reconnect_failed,
+        name="restarted",
     ) as pool:
         pool.wait(5)
         pg.stop()
@@ -206,8 +212,13 @@ async def test_server_restart_async(pg: TemporaryPostgres, fast_retry: None) -> 
         failed.set()
 
     async with AsyncPool(
-        pg.dsn, min_size=2, max_size=4, timeout=5, reconnect_timeout=0.3,
-        reconnect_failed=reconnect_failed, name="arestarted",
+        pg.dsn,
+        min_size=2,
+        max_size=4,
+        timeout=5,
+        reconnect_timeout=0.3,
+        reconnect_failed=reconnect_failed,
+        name="arestarted",
     ) as pool:
         await pool.wait(5)
         pg.stop()
@@ -232,9 +243,7 @@ async def test_server_restart_async(pg: TemporaryPostgres, fast_retry: None) -> 
 
 
 @pytest.mark.slow
-def test_waiter_served_when_the_server_comes_back(
-    pg: TemporaryPostgres, fast_retry: None
-) -> None:
+def test_waiter_served_when_the_server_comes_back(pg: TemporaryPostgres, fast_retry: None) -> None:
     with Pool(pg.dsn, min_size=1, max_size=1, timeout=5) as pool:
         pool.wait(5)
         pg.stop()
@@ -365,8 +374,11 @@ def test_waiters_served_within_a_second_of_the_server_return(pg: TemporaryPostgr
         for thread in threads:
             thread.start()
         # an outage of a few seconds, long enough for the old backoff to reach its 10 s
-        wait_for(lambda: pool.stats().connections_failed_total >= 5, timeout=20,
-                 what="five failed attempts")
+        wait_for(
+            lambda: pool.stats().connections_failed_total >= 5,
+            timeout=20,
+            what="five failed attempts",
+        )
         failed_before = pool.stats().connections_failed_total
         pg.start()
         back = time.monotonic()

@@ -152,8 +152,22 @@ def test_demo_without_postgres_binaries_exits_2() -> None:
 
 @pytest.mark.parametrize("mode", ["transaction", "statement"])
 def test_demo_in_every_mode(dsn: str, mode: str) -> None:
-    p = run("-m", "pgpoolkit", "demo", "--dsn", dsn, "--mode", mode, "--seconds", "1",
-            "--clients", "20", "--tasks", "40", timeout=60)
+    p = run(
+        "-m",
+        "pgpoolkit",
+        "demo",
+        "--dsn",
+        dsn,
+        "--mode",
+        mode,
+        "--seconds",
+        "1",
+        "--clients",
+        "20",
+        "--tasks",
+        "40",
+        timeout=60,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     assert f"mode={mode}" in p.stdout or mode in p.stdout
 
@@ -344,9 +358,7 @@ def schemas(dsn: str) -> set[str]:
     return {str(r[0]) for r in rows}
 
 
-def test_bench_smoke_runs_every_scenario_and_summarizes_targets(
-    dsn: str, tmp_path: Path
-) -> None:
+def test_bench_smoke_runs_every_scenario_and_summarizes_targets(dsn: str, tmp_path: Path) -> None:
     before = schemas(dsn)
     out_json = tmp_path / "bench.json"
     p = run(
@@ -440,8 +452,17 @@ def test_bench_chart_or_a_note_without_matplotlib(dsn: str, tmp_path: Path) -> N
 
 def test_bench_json_to_stdout(dsn: str) -> None:
     p = run(
-        "-m", "pgpoolkit", "bench", "--smoke", "--only", "connect", "--json", "-",
-        "--dsn", dsn, timeout=60,
+        "-m",
+        "pgpoolkit",
+        "bench",
+        "--smoke",
+        "--only",
+        "connect",
+        "--json",
+        "-",
+        "--dsn",
+        dsn,
+        timeout=60,
     )
     assert p.returncode == 0, p.stdout + p.stderr
     doc = json.loads(p.stdout)  # only JSON on stdout: the tables went to stderr
@@ -600,7 +621,12 @@ def test_bench_connect_and_memory_scripts(dsn: str) -> None:
 
 def test_suite_script_only_filter_and_unknown_filter(dsn: str) -> None:
     p = run(
-        str(BENCHMARKS / "suite.py"), "--smoke", "--only", "select1-asyncio", "--dsn", dsn,
+        str(BENCHMARKS / "suite.py"),
+        "--smoke",
+        "--only",
+        "select1-asyncio",
+        "--dsn",
+        dsn,
         timeout=60,
     )
     assert p.returncode == 0, p.stdout + p.stderr
@@ -643,8 +669,15 @@ def test_fifo_ideal_and_pinning_helpers() -> None:
 
 def test_bench_unwritable_output_fails_before_running(dsn: str) -> None:
     p = run(
-        "-m", "pgpoolkit", "bench", "--smoke", "--dsn", dsn, "--json",
-        "/nonexistent-pgpoolkit-dir/out.json", timeout=30,
+        "-m",
+        "pgpoolkit",
+        "bench",
+        "--smoke",
+        "--dsn",
+        dsn,
+        "--json",
+        "/nonexistent-pgpoolkit-dir/out.json",
+        timeout=30,
     )
     assert p.returncode == 2, p.stdout + p.stderr
     assert p.stderr.strip().splitlines() == [

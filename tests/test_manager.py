@@ -90,7 +90,9 @@ def test_the_seeds_workflow(dsn: str, admin: Admin, databases: tuple[str, str]) 
         assert manager.budget() == Budget(total=20, allocated=18, available=2)
         infos = {info.name: info for info in manager.list_pools()}
         assert (infos["app"].database, infos["app"].mode, infos["app"].size) == (
-            db_a, "transaction", 12,
+            db_a,
+            "transaction",
+            12,
         )
         assert (infos["reports"].mode, infos["reports"].min_size) == ("session", 1)
         assert manager.get_pool("app") is a
@@ -368,7 +370,8 @@ def test_budget_across_processes(dsn: str, admin: Admin) -> None:
     events = sorted(
         (float(t), delta)
         for out in outputs
-        for line in out.splitlines() if line.startswith("span ")
+        for line in out.splitlines()
+        if line.startswith("span ")
         for t, delta in zip(line.split()[1:], (1, -1), strict=True)
     )
     running = peak = 0

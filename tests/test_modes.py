@@ -117,9 +117,7 @@ def rows(admin: Admin, table: str) -> list[int]:
     return [int(r[0]) for r in admin.execute(f"SELECT id FROM {table} ORDER BY id").fetchall()]
 
 
-def make_pool(
-    dsn: str, app: str, conn_kwargs: dict[str, Any] | None = None, **kwargs: Any
-) -> Pool:
+def make_pool(dsn: str, app: str, conn_kwargs: dict[str, Any] | None = None, **kwargs: Any) -> Pool:
     kwargs.setdefault("timeout", 10.0)
     kwargs.setdefault("min_size", 1)
     return Pool(dsn, kwargs={"application_name": app, **(conn_kwargs or {})}, **kwargs)
@@ -225,8 +223,9 @@ def test_200_clients_over_5_server_connections(dsn: str, admin: Admin, app: str)
                     for c in clients:
                         c.close()
 
-        threads = [threading.Thread(target=worker, args=(t,), daemon=True)
-                   for t in range(n_threads)]
+        threads = [
+            threading.Thread(target=worker, args=(t,), daemon=True) for t in range(n_threads)
+        ]
         for th in threads:
             th.start()
         barrier.wait()
@@ -301,9 +300,7 @@ def test_held_transaction_blocks_another_client(
 
 
 def test_results_stay_readable_after_release(dsn: str, app: str) -> None:
-    with make_pool(
-        dsn, app, {"autocommit": True}, mode="transaction", max_size=1
-    ) as pool:
+    with make_pool(dsn, app, {"autocommit": True}, mode="transaction", max_size=1) as pool:
         c1, c2 = pool.connect(), pool.connect()
         cur = c1.execute("SELECT generate_series(1, 10), pg_backend_pid()")
         assert state(c1) is ClientState.IDLE  # released: the statement is over
@@ -382,9 +379,7 @@ def test_statement_mode_refuses_transactions_before_the_server(
 # -- session mode ---------------------------------------------------------------------------------
 
 
-def test_session_mode_one_backend_and_free_clean_release(
-    dsn: str, admin: Admin, app: str
-) -> None:
+def test_session_mode_one_backend_and_free_clean_release(dsn: str, admin: Admin, app: str) -> None:
     with make_pool(dsn, app, max_size=1) as pool:
         assert pool.policy.name == "session"
         c1 = pool.connect()
@@ -584,9 +579,7 @@ def test_set_role_never_leaks(dsn: str, admin: Admin, app: str, role: str) -> No
     ]
     me = one_admin(admin, "SELECT current_user")
     for mode in ("session", "transaction", "statement"):
-        with make_pool(
-            dsn, f"{app}-{mode}", {"autocommit": True}, mode=mode, max_size=1
-        ) as pool:
+        with make_pool(dsn, f"{app}-{mode}", {"autocommit": True}, mode=mode, max_size=1) as pool:
             for way in ways:
                 c1 = pool.connect()
                 way(c1)
@@ -675,16 +668,12 @@ QUERIES: list[tuple[str, Callable[[int], Any]]] = [
 
 
 @pytest.mark.parametrize("mode", ["session", "transaction", "statement"])
-def test_prepared_statements_with_many_clients(
-    dsn: str, admin: Admin, app: str, mode: str
-) -> None:
+def test_prepared_statements_with_many_clients(dsn: str, admin: Admin, app: str, mode: str) -> None:
     n_threads, per_thread, rounds = 6, 5, 3  # 30 clients over 3 connections
     errors: list[BaseException] = []
     done = [0]
     lock = threading.Lock()
-    with make_pool(
-        dsn, app, {"prepare_threshold": 0}, mode=mode, min_size=3, max_size=3
-    ) as pool:
+    with make_pool(dsn, app, {"prepare_threshold": 0}, mode=mode, min_size=3, max_size=3) as pool:
 
         def worker(t: int) -> None:
             try:
@@ -702,8 +691,9 @@ def test_prepared_statements_with_many_clients(
             except BaseException as ex:
                 errors.append(ex)
 
-        threads = [threading.Thread(target=worker, args=(t,), daemon=True)
-                   for t in range(n_threads)]
+        threads = [
+            threading.Thread(target=worker, args=(t,), daemon=True) for t in range(n_threads)
+        ]
         for th in threads:
             th.start()
         for th in threads:
@@ -724,9 +714,7 @@ def test_prepared_statements_with_many_clients(
 def test_prepared_statements_after_repeated_resets(dsn: str, app: str) -> None:
     """psycopg notices a DISCARD ALL only the first time it runs that text: the pool's
     repeated resets must still keep its prepared statements cache right."""
-    with make_pool(
-        dsn, app, {"prepare_threshold": 1, "autocommit": True}, max_size=1
-    ) as pool:
+    with make_pool(dsn, app, {"prepare_threshold": 1, "autocommit": True}, max_size=1) as pool:
         for i in range(5):
             with pool.connect() as c:
                 for _ in range(1 if i == 0 else 3):  # prepared from the 2nd run on
@@ -1115,9 +1103,7 @@ def test_custom_policies(dsn: str, admin: Admin, table: str, app: str) -> None:
 # -- connection() blocks in transaction mode ---------------------------------------------------
 
 
-def test_connection_block_in_transaction_mode(
-    dsn: str, admin: Admin, table: str, app: str
-) -> None:
+def test_connection_block_in_transaction_mode(dsn: str, admin: Admin, table: str, app: str) -> None:
     with make_pool(dsn, app, mode="transaction", max_size=1) as pool:
         with pool.connection() as c:
             c.execute(f"INSERT INTO {table} VALUES (1)")
@@ -1160,13 +1146,19 @@ def test_pooled_connection_timeout_waiting_for_a_server(dsn: str, app: str) -> N
 UNPINS = {
     "listen": (["LISTEN pgpk_a", "LISTEN pgpk_b", "UNLISTEN pgpk_a"], ["UNLISTEN *"]),
     "temp_table": (
-        ["CREATE TEMP TABLE pgpk_t1 (x int)", "CREATE TEMP TABLE pgpk_t2 (x int)",
-         "DROP TABLE pgpk_t1"],
+        [
+            "CREATE TEMP TABLE pgpk_t1 (x int)",
+            "CREATE TEMP TABLE pgpk_t2 (x int)",
+            "DROP TABLE pgpk_t1",
+        ],
         ["DISCARD TEMP"],
     ),
     "advisory_lock": (
-        ["SELECT pg_advisory_lock(4201)", "SELECT pg_advisory_lock(4202)",
-         "SELECT pg_advisory_unlock(4201)"],
+        [
+            "SELECT pg_advisory_lock(4201)",
+            "SELECT pg_advisory_lock(4202)",
+            "SELECT pg_advisory_unlock(4201)",
+        ],
         ["SELECT pg_advisory_unlock_all()"],
     ),
     "prepare": (
@@ -1176,15 +1168,15 @@ UNPINS = {
     # (two in one string: not a plain setting, which the client would keep instead of pinning)
     "setting": (["SET work_mem = '7MB'; SET statement_timeout = 5000"], ["RESET ALL"]),
     "role": (["SET ROLE pg_monitor"], ["RESET ROLE"]),
-    "two_kinds": (["LISTEN pgpk_c", "SET work_mem = '7MB'; SET x.y = 1", "RESET ALL"],
-                  ["UNLISTEN *"]),
+    "two_kinds": (
+        ["LISTEN pgpk_c", "SET work_mem = '7MB'; SET x.y = 1", "RESET ALL"],
+        ["UNLISTEN *"],
+    ),
 }
 
 
 @pytest.mark.parametrize("kind", list(UNPINS))
-def test_pin_ends_when_its_reasons_are_undone(
-    dsn: str, admin: Admin, app: str, kind: str
-) -> None:
+def test_pin_ends_when_its_reasons_are_undone(dsn: str, admin: Admin, app: str, kind: str) -> None:
     pinning, undoing = UNPINS[kind]
     with make_pool(dsn, app, {"autocommit": True}, mode="transaction", max_size=2) as pool:
         c = pool.connect()

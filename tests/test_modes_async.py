@@ -267,9 +267,7 @@ async def test_held_transaction_blocks_another_client(
 
 
 async def test_results_stay_readable_after_release(dsn: str, app: str) -> None:
-    async with make_pool(
-        dsn, app, {"autocommit": True}, mode="transaction", max_size=1
-    ) as pool:
+    async with make_pool(dsn, app, {"autocommit": True}, mode="transaction", max_size=1) as pool:
         c1, c2 = await pool.connect(), await pool.connect()
         cur = await c1.execute("SELECT generate_series(1, 10), pg_backend_pid()")
         assert state(c1) is ClientState.IDLE  # released: the statement is over
@@ -324,7 +322,8 @@ async def test_statement_mode_refuses_transactions_before_the_server(
         ):
             await refused(lambda text=text: c.execute(text), "BEGIN")  # type: ignore[misc]
             await refused(
-                lambda text=text: c.cursor().execute(text), "BEGIN"  # type: ignore[misc]
+                lambda text=text: c.cursor().execute(text),
+                "BEGIN",  # type: ignore[misc]
             )
         with pytest.raises(PolicyViolation):
             async with c.transaction():
@@ -708,9 +707,7 @@ async def test_prepared_statements_survive_session_resets(dsn: str, app: str, mo
 # -- server-side cursors, COPY, pipelines -------------------------------------------------------
 
 
-async def test_named_cursor_in_a_transaction(
-    dsn: str, admin: Admin, table: str, app: str
-) -> None:
+async def test_named_cursor_in_a_transaction(dsn: str, admin: Admin, table: str, app: str) -> None:
     async with make_pool(dsn, app, mode="transaction", min_size=2, max_size=2) as pool:
         await pool.wait()
         c1, c2 = await pool.connect(), await pool.connect()
@@ -835,9 +832,7 @@ async def test_copy_keeps_the_connection_for_its_block(
 async def test_pipeline_keeps_the_connection_for_its_block(
     dsn: str, admin: Admin, table: str, app: str
 ) -> None:
-    async with make_pool(
-        dsn, app, {"autocommit": True}, mode="transaction", max_size=1
-    ) as pool:
+    async with make_pool(dsn, app, {"autocommit": True}, mode="transaction", max_size=1) as pool:
         c1, c2 = await pool.connect(), await pool.connect()
         async with c1.pipeline():
             await c1.execute(f"INSERT INTO {table} VALUES (1)")
@@ -1032,9 +1027,7 @@ class SessionNoTransactions(Policy):
 
 async def test_custom_policies(dsn: str, admin: Admin, table: str, app: str) -> None:
     policy = NoListen()
-    async with make_pool(
-        dsn, f"{app}-a", {"autocommit": True}, mode=policy, max_size=1
-    ) as pool:
+    async with make_pool(dsn, f"{app}-a", {"autocommit": True}, mode=policy, max_size=1) as pool:
         assert pool.stats().mode == "no-listen"
         c = await pool.connect()
         with pytest.raises(PolicyViolation, match=r"no-listen.*LISTEN.*dedicated psycopg"):

@@ -305,9 +305,10 @@ def test_return_discards_broken_and_busy(dsn: str, admin: Admin, table: str, app
 
 
 def test_getconn_putconn(dsn: str, app: str) -> None:
-    with make_pool(dsn, app, min_size=1, max_size=2) as pool, make_pool(
-        dsn, app, min_size=0, max_size=1
-    ) as other:
+    with (
+        make_pool(dsn, app, min_size=1, max_size=2) as pool,
+        make_pool(dsn, app, min_size=0, max_size=1) as other,
+    ):
         conn = pool.getconn()
         assert isinstance(conn, psycopg.Connection)
         assert conn.execute("SELECT 1").fetchone() == (1,)
@@ -858,8 +859,9 @@ def test_callable_conninfo_and_kwargs(dsn: str, admin: Admin, app: str) -> None:
         assert names == {f"{app}-0", f"{app}-1"}
         pool.drain()  # rotated credentials: the new connections get the new parameters
         wait_for(
-            lambda: server_connections(admin, f"{app}-2") + server_connections(admin, f"{app}-3")
-            == 2,
+            lambda: (
+                server_connections(admin, f"{app}-2") + server_connections(admin, f"{app}-3") == 2
+            ),
             what="new connections",
         )
         assert len(calls) == 8
@@ -873,7 +875,10 @@ def test_stats_and_get_stats(dsn: str, app: str) -> None:
         pool.wait(5)
         stats = pool.stats()
         assert (stats.name, stats.mode, stats.min_size, stats.max_size) == (
-            "counted", "session", 1, 1,
+            "counted",
+            "session",
+            1,
+            1,
         )
         assert stats.servers_idle == 1 and stats.requests_total == 0
         assert stats.connections_opened_total == 1
@@ -903,7 +908,10 @@ def test_stats_and_get_stats(dsn: str, app: str) -> None:
         assert popped == d
         after = pool.get_stats()
         assert after == {
-            "pool_min": 1, "pool_max": 1, "pool_size": 1, "pool_available": 1,
+            "pool_min": 1,
+            "pool_max": 1,
+            "pool_size": 1,
+            "pool_available": 1,
             "requests_waiting": 0,
         }
         assert pool.stats().requests_total == 0
@@ -933,7 +941,10 @@ def test_no_thread_keeps_the_interpreter_alive(dsn: str) -> None:
     )
     t0 = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30,
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=30,
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     elapsed = time.monotonic() - t0
@@ -954,8 +965,13 @@ def test_no_password_in_errors_logs_or_stats(caplog: pytest.LogCaptureFixture) -
         with Pool(bad, min_size=1, name="locked-out") as pool:
             with pytest.raises(PoolTimeout) as info:
                 pool.getconn(timeout=0.5)
-            texts = [str(info.value), repr(pool), str(pool), repr(pool.stats()),
-                     repr(pool.get_stats())]
+            texts = [
+                str(info.value),
+                repr(pool),
+                str(pool),
+                repr(pool.stats()),
+                repr(pool.get_stats()),
+            ]
             assert "password authentication failed" in str(info.value)
         # a good password works
         with Pool(good, min_size=1) as pool, pool.connection() as conn:
@@ -991,9 +1007,7 @@ def test_no_password_in_errors_logs_or_stats(caplog: pytest.LogCaptureFixture) -
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork only")
 @pytest.mark.parametrize("mode", ["session", "transaction"])
-def test_forked_child_never_uses_the_parents_connections(
-    dsn: str, app: str, mode: str
-) -> None:
+def test_forked_child_never_uses_the_parents_connections(dsn: str, app: str, mode: str) -> None:
     # (issue 12: a child used its parent's sockets: two processes on one backend)
     with make_pool(dsn, app, min_size=1, mode=mode) as pool:
         pool.wait()

@@ -443,7 +443,13 @@ async def test_callbacks(dsn: str, admin: Admin, app: str) -> None:
         failed.append(pool)
 
     async with make_pool(
-        dsn, app, min_size=1, max_size=1, configure=configure, check=check, reset=reset,
+        dsn,
+        app,
+        min_size=1,
+        max_size=1,
+        configure=configure,
+        check=check,
+        reset=reset,
         reconnect_failed=reconnect_failed,
     ) as pool:
         async with pool.connection() as conn:

@@ -28,9 +28,7 @@ def test_pools_and_managers_as_metrics(dsn: str) -> None:
     assert families["pgpoolkit_servers_idle"].type == "gauge"
     assert families["pgpoolkit_requests"].type == "counter"
     assert families["pgpoolkit_wait_seconds"].type == "counter"
-    samples = {
-        (s.name, s.labels.get("pool")): s for f in families.values() for s in f.samples
-    }
+    samples = {(s.name, s.labels.get("pool")): s for f in families.values() for s in f.samples}
     assert samples[("pgpoolkit_requests_total", "single")].value >= 1
     assert samples[("pgpoolkit_requests_total", "managed")].labels["mode"] == "transaction"
     assert samples[("pgpoolkit_max_size", "managed")].value == 3

@@ -9,12 +9,24 @@ import pytest
 from psycopg import BaseConnection
 
 CONNECTION_ATTRIBUTES = [
-    "_prepared", "_notice_handlers", "_notify_handlers", "_autocommit",
-    "_isolation_level", "_read_only", "_deferrable", "_begin_statement", "_adapters", "_closed",
+    "_prepared",
+    "_notice_handlers",
+    "_notify_handlers",
+    "_autocommit",
+    "_isolation_level",
+    "_read_only",
+    "_deferrable",
+    "_begin_statement",
+    "_adapters",
+    "_closed",
     "_pipeline",
 ]
-CONNECTION_METHODS = ["_check_connection_ok", "_set_autocommit_gen", "_notice_handler",
-                      "_notify_handler"]
+CONNECTION_METHODS = [
+    "_check_connection_ok",
+    "_set_autocommit_gen",
+    "_notice_handler",
+    "_notify_handler",
+]
 
 
 @pytest.mark.parametrize("cls", [psycopg.Connection, psycopg.AsyncConnection])

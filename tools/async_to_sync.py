@@ -92,15 +92,37 @@ def convert(source: str, source_name: str) -> str:
 
 def _tidy(text: str, source_name: str) -> str:
     """Sort the imports, drop the ones only the async code used, and turn
-    ``for x in y: yield x`` into ``yield from y`` (ruff)."""
+    ``for x in y: yield x`` into ``yield from y``, then format (ruff)."""
     result = subprocess.run(
         [
-            sys.executable, "-m", "ruff", "check", "--fix-only", "--unsafe-fixes", "--quiet",
-            "--select", "I,F401,UP028", "--stdin-filename", source_name, "-",
+            sys.executable,
+            "-m",
+            "ruff",
+            "check",
+            "--fix-only",
+            "--unsafe-fixes",
+            "--quiet",
+            "--select",
+            "I,F401,UP028",
+            "--stdin-filename",
+            source_name,
+            "-",
         ],
-        input=text, capture_output=True, text=True, check=True, cwd=ROOT,
+        input=text,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
     )
-    return result.stdout
+    formatted = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--quiet", "--stdin-filename", source_name, "-"],
+        input=result.stdout,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+    )
+    return formatted.stdout
 
 
 def main(argv: list[str] | None = None) -> int:

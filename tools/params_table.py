@@ -40,8 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     if expected == text:
         return 0
     if args.check:
-        print("docs/index.md: stale parameter table (run python tools/params_table.py)",
-              file=sys.stderr)
+        print(
+            "docs/index.md: stale parameter table (run python tools/params_table.py)",
+            file=sys.stderr,
+        )
         return 1
     DOC.write_text(expected)
     print("wrote docs/index.md")

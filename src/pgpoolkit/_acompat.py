@@ -29,6 +29,7 @@ _TIMEOUT_MAX = threading.TIMEOUT_MAX
 def _clamp(timeout: float) -> float:
     return min(max(timeout, 0.0), _TIMEOUT_MAX)
 
+
 Worker = threading.Thread
 AWorker = asyncio.Task[None]
 

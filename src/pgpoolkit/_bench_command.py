@@ -153,5 +153,3 @@ def _add_bench_parser(commands: Any) -> None:
 
 
 # -- argument parsing ------------------------------------------------------------------------------
-
-

@@ -59,7 +59,6 @@ def _one_line(text: str, secret: str | None = None) -> str:
 # -- measurements --------------------------------------------------------------------------------
 
 
-
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -78,4 +77,3 @@ def _positive_float(text: str) -> float:
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
     return value
-

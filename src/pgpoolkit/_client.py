@@ -192,9 +192,7 @@ class ClientRules:
         to log, if the policy would have refused it)."""
         detail = "a session parameter changed, as the server reported"
         session = SessionDetail(detail, UNSEEN)
-        action = self.policy.decide(
-            self.state(True, in_transaction), Event.SESSION_STATE, session
-        )
+        action = self.policy.decide(self.state(True, in_transaction), Event.SESSION_STATE, session)
         self.dirty = True
         if action is Action.PIN:
             newly = not self.pins

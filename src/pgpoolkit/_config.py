@@ -38,51 +38,117 @@ class Parameter:
 #: that ``pgpoolkit.connect()`` splits its options by, and that the docs' table is written from
 #: (``tools/params_table.py``). The values a pool keeps are validated by ``make_config()``.
 PARAMETERS: tuple[Parameter, ...] = (
-    Parameter("conninfo", '`""`', "libpq connection string, or a callable returning one "
-              "(called at each new connection: rotate credentials without restarting)"),
-    Parameter("kwargs", "`None`", "extra connection parameters for `psycopg.connect()` "
-              "(`autocommit`, `prepare_threshold`, `row_factory`, `application_name`, ...), or "
-              "a callable returning them"),
-    Parameter("connection_class", "`psycopg.Connection` / `AsyncConnection`",
-              "the class to connect with (a subclass of yours, or a generic alias such as "
-              "`Connection[DictRow]`); pooled connections are instances of it too"),
+    Parameter(
+        "conninfo",
+        '`""`',
+        "libpq connection string, or a callable returning one "
+        "(called at each new connection: rotate credentials without restarting)",
+    ),
+    Parameter(
+        "kwargs",
+        "`None`",
+        "extra connection parameters for `psycopg.connect()` "
+        "(`autocommit`, `prepare_threshold`, `row_factory`, `application_name`, ...), or "
+        "a callable returning them",
+    ),
+    Parameter(
+        "connection_class",
+        "`psycopg.Connection` / `AsyncConnection`",
+        "the class to connect with (a subclass of yours, or a generic alias such as "
+        "`Connection[DictRow]`); pooled connections are instances of it too",
+    ),
     Parameter("min_size", "`4`", "connections kept open, idle or not"),
-    Parameter("max_size", "`min_size`", "connections never exceeded, counting those being "
-              "opened; required when `min_size=0`"),
-    Parameter("mode", '`"session"`', 'the pooling mode: `"session"`, `"transaction"`, '
-              '`"statement"` or a `Policy` instance: see [pooling modes](pooling-modes.md)'),
-    Parameter("max_clients", "`0` (no limit)", "open pooled connections beyond which "
-              "`connect()` raises `TooManyClients` (PgBouncer's `max_client_conn`)"),
-    Parameter("idle_in_transaction_timeout", "`None`", "seconds a transaction-mode pooled "
-              "connection may sit idle inside a transaction before the pool rolls it back and "
-              "takes its server connection (`IdleInTransactionTimeout` at its next use)"),
+    Parameter(
+        "max_size",
+        "`min_size`",
+        "connections never exceeded, counting those being opened; required when `min_size=0`",
+    ),
+    Parameter(
+        "mode",
+        '`"session"`',
+        'the pooling mode: `"session"`, `"transaction"`, '
+        '`"statement"` or a `Policy` instance: see [pooling modes](pooling-modes.md)',
+    ),
+    Parameter(
+        "max_clients",
+        "`0` (no limit)",
+        "open pooled connections beyond which "
+        "`connect()` raises `TooManyClients` (PgBouncer's `max_client_conn`)",
+    ),
+    Parameter(
+        "idle_in_transaction_timeout",
+        "`None`",
+        "seconds a transaction-mode pooled "
+        "connection may sit idle inside a transaction before the pool rolls it back and "
+        "takes its server connection (`IdleInTransactionTimeout` at its next use)",
+    ),
     Parameter("name", '`"pool-N"`', "shown in stats, logs, errors, `repr()`"),
     Parameter("timeout", "`30.0`", "seconds a checkout waits before `PoolTimeout`"),
-    Parameter("max_waiting", "`0` (no limit)", "queued requests beyond which "
-              "`TooManyRequests` is raised at once"),
-    Parameter("max_lifetime", "`3600.0`", "seconds after which a connection is replaced "
-              "(each shortened by up to 5% at random, so they do not all expire together)"),
-    Parameter("max_idle", "`600.0`", "seconds an idle connection is kept when the pool is "
-              "above `min_size`"),
-    Parameter("reconnect_timeout", "`300.0`", "seconds of failed attempts after which "
-              "`reconnect_failed` is called"),
-    Parameter("reconnect_failed", "`None`", "`callback(pool)`; may be a coroutine function for "
-              "`AsyncPool`"),
-    Parameter("num_workers", "`3`", "connection attempts under way at once, at most "
-              "(psycopg_pool's name: its background workers)"),
-    Parameter("configure", "`None`", "`callback(conn)` on every new connection, and again "
-              "after the pool reset a client's session with `DISCARD ALL` (it must leave no "
-              "transaction open)"),
-    Parameter("check", "`None`", "`callback(conn)` on every checkout: raise to have the "
-              "connection replaced; `Pool.check_connection` runs an empty query"),
-    Parameter("reset", "`None`", "`callback(conn)` on every return, after the rollback: raise "
-              "to have the connection discarded"),
-    Parameter("close_returns", "`False`", "`close()` on a connection from `getconn()` gives it "
-              "back to the pool, as `putconn()` does (psycopg 3.3 and later, whose `close()` "
-              "asks the pool; pooled connections from `connect()` and `connection()` always "
-              "go back on `close()`)"),
-    Parameter("open", "`None`", "`Pool`: open in the constructor unless `False`. `AsyncPool`: "
-              "opens in `async with`/`open()`; `True` raises `TypeError`"),
+    Parameter(
+        "max_waiting",
+        "`0` (no limit)",
+        "queued requests beyond which `TooManyRequests` is raised at once",
+    ),
+    Parameter(
+        "max_lifetime",
+        "`3600.0`",
+        "seconds after which a connection is replaced "
+        "(each shortened by up to 5% at random, so they do not all expire together)",
+    ),
+    Parameter(
+        "max_idle",
+        "`600.0`",
+        "seconds an idle connection is kept when the pool is above `min_size`",
+    ),
+    Parameter(
+        "reconnect_timeout",
+        "`300.0`",
+        "seconds of failed attempts after which `reconnect_failed` is called",
+    ),
+    Parameter(
+        "reconnect_failed",
+        "`None`",
+        "`callback(pool)`; may be a coroutine function for `AsyncPool`",
+    ),
+    Parameter(
+        "num_workers",
+        "`3`",
+        "connection attempts under way at once, at most "
+        "(psycopg_pool's name: its background workers)",
+    ),
+    Parameter(
+        "configure",
+        "`None`",
+        "`callback(conn)` on every new connection, and again "
+        "after the pool reset a client's session with `DISCARD ALL` (it must leave no "
+        "transaction open)",
+    ),
+    Parameter(
+        "check",
+        "`None`",
+        "`callback(conn)` on every checkout: raise to have the "
+        "connection replaced; `Pool.check_connection` runs an empty query",
+    ),
+    Parameter(
+        "reset",
+        "`None`",
+        "`callback(conn)` on every return, after the rollback: raise "
+        "to have the connection discarded",
+    ),
+    Parameter(
+        "close_returns",
+        "`False`",
+        "`close()` on a connection from `getconn()` gives it "
+        "back to the pool, as `putconn()` does (psycopg 3.3 and later, whose `close()` "
+        "asks the pool; pooled connections from `connect()` and `connection()` always "
+        "go back on `close()`)",
+    ),
+    Parameter(
+        "open",
+        "`None`",
+        "`Pool`: open in the constructor unless `False`. `AsyncPool`: "
+        "opens in `async with`/`open()`; `True` raises `TypeError`",
+    ),
 )
 
 
@@ -163,9 +229,7 @@ def make_config(
     elif not isinstance(name, str) or not name:
         raise ValueError(f"name must be a non-empty string, got {name!r}")
     if isinstance(max_clients, bool) or not isinstance(max_clients, int) or max_clients < 0:
-        raise ValueError(
-            f"max_clients must be an integer >= 0 (0: no limit), got {max_clients!r}"
-        )
+        raise ValueError(f"max_clients must be an integer >= 0 (0: no limit), got {max_clients!r}")
     if not isinstance(close_returns, bool):
         raise TypeError(f"close_returns must be True or False, got {close_returns!r}")
     return PoolConfig(
@@ -274,8 +338,20 @@ POOL_KEYS = ("database", "user", "mode", "size", "min_size")
 DECLARABLE = tuple(
     p.name
     for p in PARAMETERS
-    if p.name not in ("conninfo", "connection_class", "reconnect_failed", "configure",
-                      "check", "reset", "open", "min_size", "max_size", "mode", "name")
+    if p.name
+    not in (
+        "conninfo",
+        "connection_class",
+        "reconnect_failed",
+        "configure",
+        "check",
+        "reset",
+        "open",
+        "min_size",
+        "max_size",
+        "mode",
+        "name",
+    )
 )
 MANAGER_KEYS = ("conninfo", "budget", "reserve", "overcommit", "across_processes", "pools")
 
@@ -325,8 +401,7 @@ def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
             import tomli as toml  # type: ignore[import-not-found,no-redef,unused-ignore]
         except ImportError:
             raise ImportError(
-                "reading TOML on Python 3.10 needs the tomli package: pip install "
-                "'pgpoolkit[toml]'"
+                "reading TOML on Python 3.10 needs the tomli package: pip install 'pgpoolkit[toml]'"
             ) from None
     with open(path, "rb") as f:
         try:

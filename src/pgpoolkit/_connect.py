@@ -21,7 +21,10 @@ __all__ = ["close_all", "connect"]
 #: the Pool constructor's options that pgpoolkit.connect() accepts besides conninfo: read off its
 #: signature, so that a new pool parameter is never passed to libpq as a connection option
 POOL_OPTIONS = frozenset(inspect.signature(Pool.__init__).parameters) - {
-    "self", "conninfo", "kwargs", "open",
+    "self",
+    "conninfo",
+    "kwargs",
+    "open",
 }
 #: defaults for the process-wide pools: open nothing until asked, keep a few, let idle ones go
 DEFAULTS: dict[str, Any] = {"min_size": 0, "max_size": 20, "max_idle": 60.0}

@@ -172,9 +172,7 @@ class PoolCore(Generic[T]):
             self._close(slot)
         return None
 
-    def checkin(
-        self, slot: Slot[T], now: float, reusable: bool, surrender: bool = False
-    ) -> None:
+    def checkin(self, slot: Slot[T], now: float, reusable: bool, surrender: bool = False) -> None:
         """A connection comes back from a client: reuse it, or close it if it must go
         (``surrender``: a sibling pool needs the room, under a shared budget)."""
         slot.out = False

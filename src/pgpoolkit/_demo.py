@@ -620,4 +620,3 @@ def demo(args: argparse.Namespace) -> int:
         _print(f"verdict: {line}")
     _print(f"demo took {time.perf_counter() - t_begin:.1f} s")
     return EXIT_OK if ok else EXIT_VERDICT_FAILED
-

@@ -90,8 +90,17 @@ class BetweenTransactions(DetachedPGconn):
     encoding and the server's version and parameters are those of the pool's connections);
     whatever needs a server connection raises ``PolicyViolation`` with ``message``."""
 
-    __slots__ = ("_encoding", "_parameters", "db", "host", "mode", "port", "protocol_version",
-                 "server_version", "user")
+    __slots__ = (
+        "_encoding",
+        "_parameters",
+        "db",
+        "host",
+        "mode",
+        "port",
+        "protocol_version",
+        "server_version",
+        "user",
+    )
 
     status = ConnStatus.OK
     transaction_status = TransactionStatus.IDLE
@@ -108,11 +117,12 @@ class BetweenTransactions(DetachedPGconn):
         self.server_version = template.server_version
         self.protocol_version = template.protocol_version
         self.host, self.port, self.user, self.db = (
-            template.host, template.port, template.user, template.db
+            template.host,
+            template.port,
+            template.user,
+            template.db,
         )
-        self._parameters = {
-            name: template.parameter_status(name) for name in SNAPSHOT_PARAMETERS
-        }
+        self._parameters = {name: template.parameter_status(name) for name in SNAPSHOT_PARAMETERS}
 
     def parameter_status(self, name: bytes) -> bytes | None:
         return self._parameters.get(name)
@@ -126,9 +136,17 @@ class BetweenTransactions(DetachedPGconn):
 
 #: the parameters a client between transactions can read (those the server reports at startup)
 SNAPSHOT_PARAMETERS = (
-    b"application_name", b"client_encoding", b"DateStyle", b"integer_datetimes",
-    b"IntervalStyle", b"is_superuser", b"server_encoding", b"server_version",
-    b"session_authorization", b"standard_conforming_strings", b"TimeZone",
+    b"application_name",
+    b"client_encoding",
+    b"DateStyle",
+    b"integer_datetimes",
+    b"IntervalStyle",
+    b"is_superuser",
+    b"server_encoding",
+    b"server_version",
+    b"session_authorization",
+    b"standard_conforming_strings",
+    b"TimeZone",
 )
 
 #: a connection from ``pool.connection()`` before its block is entered

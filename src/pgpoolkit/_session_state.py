@@ -68,8 +68,10 @@ _STARTS = [
     (re.compile(r"^\s*LISTEN\b", re.IGNORECASE), SessionChange.LISTEN),
     (re.compile(r"^\s*PREPARE\s+(?!TRANSACTION\b)", re.IGNORECASE), SessionChange.PREPARE),
     (re.compile(r"^\s*DEALLOCATE\b", re.IGNORECASE), SessionChange.PREPARE),
-    (re.compile(r"^\s*DECLARE\b.*\bWITH\s+HOLD\b", re.IGNORECASE | re.DOTALL),
-     SessionChange.HOLD_CURSOR),
+    (
+        re.compile(r"^\s*DECLARE\b.*\bWITH\s+HOLD\b", re.IGNORECASE | re.DOTALL),
+        SessionChange.HOLD_CURSOR,
+    ),
     (re.compile(r"^\s*LOAD\b", re.IGNORECASE), SessionChange.LOAD),
 ]
 _TEMP = re.compile(
@@ -94,13 +96,20 @@ _UNDOES = [
     (re.compile(r"^\s*DROP\s+(?:TABLE|VIEW|SEQUENCE)\b", re.IGNORECASE), SessionChange.TEMP_TABLE),
     (re.compile(r"^\s*DEALLOCATE\b", re.IGNORECASE), SessionChange.PREPARE),
     (re.compile(r"^\s*CLOSE\b", re.IGNORECASE), SessionChange.HOLD_CURSOR),
-    (re.compile(r"\bpg_advisory_unlock(?:_all|_shared)?\s*\(", re.IGNORECASE),
-     SessionChange.ADVISORY_LOCK),
+    (
+        re.compile(r"\bpg_advisory_unlock(?:_all|_shared)?\s*\(", re.IGNORECASE),
+        SessionChange.ADVISORY_LOCK,
+    ),
     (re.compile(r"^\s*RESET\s+ALL\b", re.IGNORECASE), SessionChange.SETTING),
-    (re.compile(r"^\s*(?:RESET\s+ROLE|SET\s+ROLE\s+NONE)\s*$", re.IGNORECASE),
-     SessionChange.ROLE),
-    (re.compile(r"^\s*(?:RESET\s+SESSION\s+AUTHORIZATION|SET\s+SESSION\s+AUTHORIZATION"
-                r"\s+DEFAULT)\s*$", re.IGNORECASE), SessionChange.ROLE),
+    (re.compile(r"^\s*(?:RESET\s+ROLE|SET\s+ROLE\s+NONE)\s*$", re.IGNORECASE), SessionChange.ROLE),
+    (
+        re.compile(
+            r"^\s*(?:RESET\s+SESSION\s+AUTHORIZATION|SET\s+SESSION\s+AUTHORIZATION"
+            r"\s+DEFAULT)\s*$",
+            re.IGNORECASE,
+        ),
+        SessionChange.ROLE,
+    ),
 ]
 #: what a plain SET changes
 SETTING_ONLY = frozenset({SessionChange.SETTING})
@@ -126,9 +135,7 @@ SESSION_STATE_COLUMNS = (
     SessionChange.PREPARE,
     SessionChange.HOLD_CURSOR,
 )
-_RESET = re.compile(
-    r"^\s*RESET\s+(?P<role>ROLE\b|SESSION\s+AUTHORIZATION\b)?", re.IGNORECASE
-)
+_RESET = re.compile(r"^\s*RESET\s+(?P<role>ROLE\b|SESSION\s+AUTHORIZATION\b)?", re.IGNORECASE)
 _DISCARD_ALL = re.compile(r"^\s*DISCARD\s+ALL\b", re.IGNORECASE)
 
 
@@ -290,10 +297,17 @@ _PLAIN_SET_CONFIG = re.compile(
     re.IGNORECASE | re.VERBOSE,
 )
 #: what is not a plain setting: the role and authorization (security), and SET's other forms
-_NOT_SETTINGS = frozenset({
-    "role", "session", "authorization", "session_authorization", "transaction", "local",
-    "constraints",
-})
+_NOT_SETTINGS = frozenset(
+    {
+        "role",
+        "session",
+        "authorization",
+        "session_authorization",
+        "transaction",
+        "local",
+        "constraints",
+    }
+)
 #: the values SET TIME ZONE takes that ``SET timezone = ...`` takes too
 _TIME_ZONE_VALUE = re.compile(r"^(?:'(?:[^']|'')*'|[+-]?\d+(?:\.\d+)?)$")
 

@@ -97,8 +97,7 @@ class SharedBudget:
                 return True, None
             self._starved[pool] = None
             candidates = [
-                other for other in self._held
-                if other is not pool and other._has_evictable_idle()
+                other for other in self._held if other is not pool and other._has_evictable_idle()
             ]
             if not candidates:
                 return False, None
@@ -128,6 +127,4 @@ class SharedBudget:
         with self._lock:
             if self._held.get(pool, 0) <= self.share(pool):
                 return False
-            return any(
-                self._held.get(other, 0) < self.share(other) for other in self._starved
-            )
+            return any(self._held.get(other, 0) < self.share(other) for other in self._starved)

@@ -62,9 +62,7 @@ class WatchedCursor(_CursorBase):
         self._conn._saw(query)
         super().executemany(query, params_seq, **kwargs)
 
-    def stream(
-        self, query: Query, params: Params | None = None, **kwargs: Any
-    ) -> Iterator[Any]:
+    def stream(self, query: Query, params: Params | None = None, **kwargs: Any) -> Iterator[Any]:
         self._conn._saw(query)
         yield from super().stream(query, params, **kwargs)
 
@@ -115,9 +113,7 @@ class BindingCursor(_CursorBase):
         finally:
             conn._done()
 
-    def stream(
-        self, query: Query, params: Params | None = None, **kwargs: Any
-    ) -> Iterator[Any]:
+    def stream(self, query: Query, params: Params | None = None, **kwargs: Any) -> Iterator[Any]:
         conn = self._conn
         conn._use(inspect_query(query))
         conn._hold(1)
@@ -129,9 +125,7 @@ class BindingCursor(_CursorBase):
             conn._done()
 
     @contextmanager
-    def copy(
-        self, statement: Query, params: Params | None = None, **kwargs: Any
-    ) -> Iterator[Any]:
+    def copy(self, statement: Query, params: Params | None = None, **kwargs: Any) -> Iterator[Any]:
         conn = self._conn
         conn._use(inspect_query(statement))
         conn._hold(1)

@@ -79,12 +79,11 @@ class PoolManager:
         **pool_options: Any,
     ) -> None:
         if not isinstance(conninfo, str):
-            raise TypeError(
-                f"conninfo must be a connection string, got {type(conninfo).__name__}"
-            )
+            raise TypeError(f"conninfo must be a connection string, got {type(conninfo).__name__}")
         conninfo_to_dict(conninfo)  # a malformed one fails here, not at the first pool
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int)
-                                   or budget < 1):
+        if budget is not None and (
+            isinstance(budget, bool) or not isinstance(budget, int) or budget < 1
+        ):
             raise ValueError(f"budget must be an integer >= 1 (connections), got {budget!r}")
         if isinstance(reserve, bool) or not isinstance(reserve, int) or reserve < 0:
             raise ValueError(f"reserve must be an integer >= 0 (connections), got {reserve!r}")
@@ -97,9 +96,7 @@ class PoolManager:
         if not isinstance(overcommit, bool):
             raise TypeError(f"overcommit must be True or False, got {overcommit!r}")
         if not isinstance(across_processes, bool):
-            raise TypeError(
-                f"across_processes must be True or False, got {across_processes!r}"
-            )
+            raise TypeError(f"across_processes must be True or False, got {across_processes!r}")
         #: each pool's size holds across every process that runs a manager with the same
         #: pool names (advisory-lock slots on the server)
         self.across_processes = across_processes
@@ -226,9 +223,7 @@ class PoolManager:
         params = {"dbname": database, "user": user}
         conninfo = make_conninfo(self.conninfo, **{k: v for k, v in params.items() if v})
         options = {**self.pool_options, **pool_options}
-        pool = Pool(
-            conninfo, name=name, mode=mode, min_size=min_size, max_size=size, **options
-        )
+        pool = Pool(conninfo, name=name, mode=mode, min_size=min_size, max_size=size, **options)
         if self._shared is not None:
             self._shared.join(pool, size)
         pool._share_budget(self._shared, self.across_processes)
@@ -236,7 +231,11 @@ class PoolManager:
         self._pools[name] = _Entry(pool, database, user)
         logger.info(
             "pool manager: pool %r created (%s mode, size %d); %d of the budget of %d left",
-            name, pool.policy.name, size, self._available(), self._total,
+            name,
+            pool.policy.name,
+            size,
+            self._available(),
+            self._total,
         )
         return pool
 
@@ -333,9 +332,7 @@ class PoolManager:
             raise ValueError(f"size must be an integer >= 1, got {size!r}")
         assert self._total is not None
         if self.overcommit:  # sizes are caps: only the connections always kept must fit
-            kept = sum(
-                entry.pool.min_size for other, entry in self._pools.items() if other != name
-            )
+            kept = sum(entry.pool.min_size for other, entry in self._pools.items() if other != name)
             if isinstance(min_size, int) and kept + min_size > self._total:
                 raise BudgetExceeded(
                     f"pool {name!r} asks to keep {min_size} connections open, but the pools "
@@ -352,7 +349,10 @@ class PoolManager:
         )
         left = self._total - others
         logger.info(
-            "pool manager: pool %r refused %d connections: %d of %d left", name, size, left,
+            "pool manager: pool %r refused %d connections: %d of %d left",
+            name,
+            size,
+            left,
             self._total,
         )
         raise BudgetExceeded(

@@ -139,8 +139,7 @@ class Policy:
                 or not isinstance(key[1], Event)
             ):
                 raise ValueError(
-                    f"policy {self.name!r}: table key {key!r} is not (ClientState or None, "
-                    "Event)"
+                    f"policy {self.name!r}: table key {key!r} is not (ClientState or None, Event)"
                 )
             if not isinstance(action, Action):
                 raise ValueError(
@@ -154,8 +153,7 @@ class Policy:
                     raise ValueError(
                         f"policy {self.name!r}: ({state.name}, {event.name}) -> "
                         f"{getattr(action, 'name', action)} is not an action for "
-                        f"{event.name}; it takes one of "
-                        + ", ".join(a.name for a in allowed)
+                        f"{event.name}; it takes one of " + ", ".join(a.name for a in allowed)
                     )
 
     def decide(self, state: ClientState, event: Event, detail: str = "") -> Action:
@@ -207,9 +205,7 @@ class TransactionPolicy(Policy):
 
     def __init__(self, on_session_state: SessionStateChoice = "pin") -> None:
         if on_session_state not in ("pin", "error"):
-            raise ValueError(
-                f"on_session_state must be 'pin' or 'error', got {on_session_state!r}"
-            )
+            raise ValueError(f"on_session_state must be 'pin' or 'error', got {on_session_state!r}")
         self.on_session_state = on_session_state
         #: plain settings are kept by the client and replayed, unless errors are wanted
         self.replays_settings = on_session_state == "pin"
@@ -240,8 +236,7 @@ class StatementPolicy(TransactionPolicy):
     name = "statement"
     autocommit = True
     way_out = (
-        "run each statement on its own, or use mode='transaction' for multi-statement "
-        "transactions"
+        "run each statement on its own, or use mode='transaction' for multi-statement transactions"
     )
     #: the way out of a refused session state change (there is no transaction to keep it in)
     session_state_way_out = (

@@ -834,9 +834,7 @@ class Pool:
 
     def _connect(self) -> tuple[Connection[Any], int | None]:
         """A new server connection, configured, and the slot it holds (across processes)."""
-        conn = self.connection_class.connect(
-            resolve(self.conninfo), **resolve_kwargs(self.kwargs)
-        )
+        conn = self.connection_class.connect(resolve(self.conninfo), **resolve_kwargs(self.kwargs))
         try:
             if self._configure is not None:
                 self._configure(conn)
@@ -860,9 +858,7 @@ class Pool:
         conn._pool = self  # type: ignore[assignment]  # psycopg: 'with conn' won't close it
         return conn, slot_number
 
-    def _take_budget_slot(
-        self, conn: Connection[Any], wanted: int | None
-    ) -> int | None:
+    def _take_budget_slot(self, conn: Connection[Any], wanted: int | None) -> int | None:
         """Take an advisory-lock slot of the pool's budget across processes (``wanted``
         first, if given): its number, or None if every slot is taken. One round trip."""
         assert self._slots is not None
@@ -945,9 +941,7 @@ class Pool:
                 detail,
             )
 
-    def _apply_session(
-        self, slot: Slot[Connection[Any]], wanted: dict[str, str]
-    ) -> None:
+    def _apply_session(self, slot: Slot[Connection[Any]], wanted: dict[str, str]) -> None:
         """Give a server connection the session settings a client keeps (``wanted``): SET
         what differs, RESET what the client does not set; one round trip, none if they match.
         The names and values come from statements the client ran itself (_session_state's
@@ -1061,9 +1055,7 @@ class Pool:
         return stats
 
 
-def _outside_transaction(
-    conn: Connection[Any], query: Any, params: Any = None
-) -> Any:
+def _outside_transaction(conn: Connection[Any], query: Any, params: Any = None) -> Any:
     """Run ``query`` on an idle server connection of the pool in autocommit (no transaction
     left open, whatever the connection's own setting), and return its first row, if it
     returns rows. The pool's own statements: never prepared."""

@@ -371,9 +371,10 @@ class TransactionModeConnection(PooledConnection[Row]):
         """A transaction block (a savepoint if one is already open): the client holds its
         server connection for the block."""
         self._use(PLAIN, Event.BEGIN, "transaction()")
-        with self._holding(), super(PooledConnection, self).transaction(
-            savepoint_name, force_rollback
-        ) as tx:
+        with (
+            self._holding(),
+            super(PooledConnection, self).transaction(savepoint_name, force_rollback) as tx,
+        ):
             self._guard.release()  # idle inside the block counts as idle in transaction
             try:
                 yield tx

@@ -242,7 +242,10 @@ class AsyncPooledConnection(AsyncConnection[Row]):
     def _refuse_begin(self, detail: str) -> None:
         """Ask the policy about a transaction starting (it raises PolicyViolation if refused)."""
         self._rules.before(
-            PLAIN, Event.BEGIN, detail, bool(self._box),
+            PLAIN,
+            Event.BEGIN,
+            detail,
+            bool(self._box),
             bool(self._box) and self.pgconn.transaction_status != _IDLE,
         )
 

@@ -865,9 +865,7 @@ class AsyncPool:
         conn._pool = self  # type: ignore[assignment]  # psycopg: 'with conn' won't close it
         return conn, slot_number
 
-    async def _take_budget_slot(
-        self, conn: AsyncConnection[Any], wanted: int | None
-    ) -> int | None:
+    async def _take_budget_slot(self, conn: AsyncConnection[Any], wanted: int | None) -> int | None:
         """Take an advisory-lock slot of the pool's budget across processes (``wanted``
         first, if given): its number, or None if every slot is taken. One round trip."""
         assert self._slots is not None
@@ -1068,9 +1066,7 @@ class AsyncPool:
         return stats
 
 
-async def _outside_transaction(
-    conn: AsyncConnection[Any], query: Any, params: Any = None
-) -> Any:
+async def _outside_transaction(conn: AsyncConnection[Any], query: Any, params: Any = None) -> Any:
     """Run ``query`` on an idle server connection of the pool in autocommit (no transaction
     left open, whatever the connection's own setting), and return its first row, if it
     returns rows. The pool's own statements: never prepared."""

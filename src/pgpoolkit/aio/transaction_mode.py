@@ -369,9 +369,10 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
         """A transaction block (a savepoint if one is already open): the client holds its
         server connection for the block."""
         await self._use(PLAIN, Event.BEGIN, "transaction()")
-        async with self._holding(), super(AsyncPooledConnection, self).transaction(
-            savepoint_name, force_rollback
-        ) as tx:
+        async with (
+            self._holding(),
+            super(AsyncPooledConnection, self).transaction(savepoint_name, force_rollback) as tx,
+        ):
             self._guard.release()  # idle inside the block counts as idle in transaction
             try:
                 yield tx

@@ -77,8 +77,10 @@ class PoolCollector(Collector):
                 family = families.get(name)
                 if family is None:
                     doc = _DOCS.get(field.name, field.name.replace("_", " ").capitalize())
-                    kind = CounterMetricFamily if field.name.endswith("_total") else (
-                        GaugeMetricFamily
+                    kind = (
+                        CounterMetricFamily
+                        if field.name.endswith("_total")
+                        else (GaugeMetricFamily)
                     )
                     family = families[name] = kind(name, doc, labels=_LABELS)
                 family.add_metric(labels, value)
