@@ -589,6 +589,85 @@ def test_set_role_never_leaks(dsn: str, admin: Admin, app: str, role: str) -> No
                     assert one(c2, "SELECT current_user || '/' || session_user") == f"{me}/{me}"
 
 
+@pytest.fixture(scope="module")
+def login_user(dsn: str, role: str) -> Iterator[str]:
+    """A login role that is no superuser and may SET ROLE to ``role``: the server reports no
+    is_superuser change when it does, so the pool has only the query text to go by."""
+    name = f"pgpk_login_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {name} LOGIN NOSUPERUSER")
+        conn.execute(f"GRANT {role} TO {name}")
+        yield name
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (name,)
+        )
+        conn.execute(f"DROP ROLE {name}")
+
+
+def test_role_change_the_scan_cannot_be_fooled_into_missing(
+    dsn: str, app: str, role: str, login_user: str
+) -> None:
+    """What PostgreSQL reads in a query and a naive scan does not (a quoted function name,
+    psycopg.sql identifiers, nested comments, a keyword glued to a string), and what no scan
+    reads (a DO block): the next client is its own user again, in every mode (issue 12)."""
+    ways: list[Callable[[PooledConnection], Any]] = [
+        lambda c: c.execute(f"""SELECT "set_config"('role', '{role}', false)"""),
+        lambda c: c.execute(
+            sql.SQL("SELECT {}('role', {}, false)").format(
+                sql.Identifier("set_config"), sql.Literal(role)
+            )
+        ),
+        lambda c: c.execute(f"SELECT 1 /* /* */ ' */ ; SET ROLE {role}; SELECT ' '"),
+        lambda c: c.execute(
+            f"SELECT CASE WHEN true THEN 'a' ELSE'\\' END; SET ROLE {role}; SELECT ' '"
+        ),
+        lambda c: c.execute(f"DO $$ BEGIN PERFORM set_config('role', '{role}', false); END $$"),
+    ]
+    for mode in ("session", "transaction"):
+        with make_pool(
+            dsn, f"{app}-{mode}", {"autocommit": True, "user": login_user}, mode=mode, max_size=1
+        ) as pool:
+            for way in ways:
+                c1 = pool.connect()
+                way(c1)
+                assert one(c1, "SELECT current_user") == role
+                c1.close()
+                with pool.connect() as c2:
+                    assert one(c2, "SELECT current_user") == login_user
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_reset_always_resets_what_no_scan_sees(
+    dsn: str, admin: Admin, app: str, role: str, login_user: str, mode: str
+) -> None:
+    """A function that switches the role and a setting, called by a user the server reports
+    nothing of: with reset_always=True the next client is its own user, with its settings."""
+    fn = f"pgpk_tenant_{uuid.uuid4().hex[:8]}"
+    admin.execute(
+        f"CREATE FUNCTION {fn}(r text) RETURNS void LANGUAGE plpgsql AS "
+        "$$ BEGIN PERFORM set_config('role', r, false);"
+        " PERFORM set_config('pgpk.tenant', r, false); END $$"
+    )
+    try:
+        with make_pool(
+            dsn,
+            f"{app}-{mode}",
+            {"autocommit": True, "user": login_user},
+            mode=mode,
+            max_size=1,
+            reset_always=True,
+        ) as pool:
+            for _ in range(2):
+                with pool.connection() as c1, c1.transaction():  # one borrowing in any mode
+                    c1.execute(f"SELECT {fn}(%s)", (role,))
+                    assert one(c1, "SELECT current_user") == role
+                with pool.connection() as c2:
+                    assert one(c2, "SELECT current_user") == login_user
+                    assert one(c2, "SELECT current_setting('pgpk.tenant', true)") in ("", None)
+    finally:
+        admin.execute(f"DROP FUNCTION {fn}(text)")
+
+
 def test_undetectable_role_change_is_caught_by_the_server_report(
     dsn: str, admin: Admin, app: str, role: str
 ) -> None:

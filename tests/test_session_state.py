@@ -32,6 +32,17 @@ from pgpoolkit._session_state import inspect_statement, session_changes
         ("SELECT pg_try_advisory_lock_shared(1, 2)", {K.ADVISORY_LOCK}),
         ("SELECT set_config('search_path', 'x', false)", {K.SETTING}),
         ("SELECT 1; SET ROLE x; LISTEN y", {K.ROLE, K.LISTEN}),
+        # what PostgreSQL reads and a simpler scan would not (issue 12)
+        ("""SELECT "set_config"('role', 'x', false)""", {K.SETTING}),
+        ("""SELECT pg_catalog."set_config"('role', 'x', false)""", {K.SETTING}),
+        ("SELECT 1 /* /* */ ' */ ; SET ROLE x; SELECT ' '", {K.ROLE}),
+        ("SELECT CASE WHEN true THEN 'a' ELSE'\\' END; SET ROLE x; SELECT ' '", {K.ROLE}),
+        ("SELECT 1 AS a$$; SET ROLE x", {K.ROLE}),
+        # what it cannot read: assumed to be the worst (a role and a setting)
+        ("DO $$ BEGIN PERFORM set_config('role', 'x', false); END $$", {K.SETTING, K.ROLE}),
+        ('SELECT U&"\\0073et_config"(\'role\', \'x\', false)', {K.SETTING, K.ROLE}),
+        ("SELECT 'unterminated; SET ROLE x", {K.SETTING, K.ROLE}),
+        ("SELECT 1 /* unterminated", {K.SETTING, K.ROLE}),
         # not session state
         ("SELECT 1", set()),
         ("SET LOCAL work_mem = '1MB'", set()),
@@ -45,6 +56,9 @@ from pgpoolkit._session_state import inspect_statement, session_changes
         ("SELECT 'SET ROLE admin'", set()),
         ("SELECT 1 -- SET ROLE admin", set()),
         ("/* LISTEN x; */ SELECT 1", set()),
+        ("/* /* LISTEN x; */ SET ROLE y; */ SELECT 1", set()),
+        ('SELECT "order"."set" FROM "order"', set()),
+        ("SELECT a$b$ FROM t WHERE x = $1", set()),
         ('SELECT "set" FROM t', set()),
         ("SELECT $$SET ROLE x$$", set()),
         ("SELECT E'it\\'s; SET ROLE x'", set()),

@@ -11,7 +11,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, get_origin
 
@@ -81,6 +81,20 @@ PARAMETERS: tuple[Parameter, ...] = (
         "seconds a transaction-mode pooled "
         "connection may sit idle inside a transaction before the pool rolls it back and "
         "takes its server connection (`IdleInTransactionTimeout` at its next use)",
+    ),
+    Parameter(
+        "reset_always",
+        "`False`",
+        "reset the session (`DISCARD ALL`) every time a server connection goes back, "
+        "whatever the client ran: for multi-tenant applications that trust no scan of "
+        "their queries (a role or setting changed inside a function is invisible to it)",
+    ),
+    Parameter(
+        "leak_timeout",
+        "`None`",
+        "seconds a client may hold a server connection before the pool logs a warning, once, "
+        "with the stack that took it and the client's state (HikariCP's "
+        "`leakDetectionThreshold`); `None`: off",
     ),
     Parameter("name", '`"pool-N"`', "shown in stats, logs, errors, `repr()`"),
     Parameter("timeout", "`30.0`", "seconds a checkout waits before `PoolTimeout`"),
@@ -170,6 +184,8 @@ class PoolConfig:
     max_clients: int = 0
     idle_in_transaction_timeout: float | None = None
     close_returns: bool = False
+    reset_always: bool = False
+    leak_timeout: float | None = None
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -210,6 +226,8 @@ def make_config(
     max_clients: int = 0,
     idle_in_transaction_timeout: float | None = None,
     close_returns: bool = False,
+    reset_always: bool = False,
+    leak_timeout: float | None = None,
 ) -> PoolConfig:
     """Validate the constructor's arguments; raise ValueError/TypeError naming the culprit."""
     min_size = _check_int("min_size", min_size, 0)
@@ -230,8 +248,9 @@ def make_config(
         raise ValueError(f"name must be a non-empty string, got {name!r}")
     if isinstance(max_clients, bool) or not isinstance(max_clients, int) or max_clients < 0:
         raise ValueError(f"max_clients must be an integer >= 0 (0: no limit), got {max_clients!r}")
-    if not isinstance(close_returns, bool):
-        raise TypeError(f"close_returns must be True or False, got {close_returns!r}")
+    for flag, value in (("close_returns", close_returns), ("reset_always", reset_always)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{flag} must be True or False, got {value!r}")
     return PoolConfig(
         name=name,
         policy=policy_for_mode(mode),
@@ -250,6 +269,8 @@ def make_config(
             else _check_seconds("idle_in_transaction_timeout", idle_in_transaction_timeout)
         ),
         close_returns=close_returns,
+        reset_always=reset_always,
+        leak_timeout=None if leak_timeout is None else _check_seconds("leak_timeout", leak_timeout),
     )
 
 
@@ -304,18 +325,10 @@ def check_callback(name: str, value: object) -> None:
         raise TypeError(f"{name} must be a callable or None, got {type(value).__name__}")
 
 
-def resolve(value: str | Callable[[], str]) -> str:
-    """The conninfo to use now: call it when it is a callable."""
+def resolve(value: Any) -> Any:
+    """The conninfo or connection keyword arguments to use now: call them when they are a
+    callable (AsyncPool awaits what a coroutine function returns)."""
     return value() if callable(value) else value
-
-
-def resolve_kwargs(
-    value: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None,
-) -> dict[str, Any]:
-    """The connection keyword arguments to use now: call them when they are a callable."""
-    if value is None:
-        return {}
-    return dict(value() if callable(value) else value)
 
 
 # a password in a URI (scheme://user:PASSWORD@host) or a key=value conninfo (password=...)

@@ -46,19 +46,70 @@ class SessionChange(str, Enum):
 #: for the backend's life, so a server connection that ran LOAD is closed, never reused
 NOT_RESETTABLE = frozenset({SessionChange.LOAD})
 
-# Comments, literals and quoted identifiers are blanked before scanning, so that a keyword in a
-# string ('SET x') or a comment is not taken for a statement.
-_NOISE = re.compile(
-    r"""
-      --[^\n]*                       # line comment
-    | /\*.*?\*/                      # block comment (non-nested is enough for a scan)
-    | [eE]'(?:[^'\\]|\\.|'')*'       # E'...' string with backslash escapes
-    | '(?:[^']|'')*'                 # '...' string
-    | "(?:[^"]|"")*"                 # "quoted identifier"
-    | (\$[A-Za-z_0-9]*\$).*?\1       # $tag$ dollar-quoted body $tag$
-    """,
-    re.VERBOSE | re.DOTALL,
+# Comments and literals are blanked before scanning, so that a keyword in a string ('SET x') or a
+# comment is not taken for a statement; a quoted identifier becomes its plain word, so that
+# "set_config"(...) is seen. The lexer follows PostgreSQL's (nested block comments, E'' strings
+# only where E starts a token, $tag$ quotes), as a scan that reads text differently from the
+# server is one that can be fooled.
+_LEXEME = re.compile(
+    r"""--|/\*|(?<![\w$])[eE]'|'|[uU]&"|"|(?<![\w$])\$(?:[A-Za-z_\x80-\U0010ffff][\w\x80-\U0010ffff]*)?\$"""
 )
+_E_STRING_END = re.compile(r"(?:[^'\\]|\\.|'')*'", re.DOTALL)
+_STRING_END = re.compile(r"(?:[^']|'')*'")
+_IDENT_END = re.compile(r'(?:[^"]|"")*"')
+_COMMENT_MARK = re.compile(r"/\*|\*/")
+_PLAIN_WORD = re.compile(r"[A-Za-z_][\w$]*")
+
+
+def _blank(text: str) -> tuple[str, bool]:
+    """The text with comments and literals as spaces and quoted identifiers as words, and
+    whether something in it was beyond reading (a U&"..." identifier, an unterminated quote),
+    in which case the caller assumes the worst."""
+    out: list[str] = []
+    pos = 0
+    unsure = False
+    while True:
+        found = _LEXEME.search(text, pos)
+        if found is None:
+            out.append(text[pos:])
+            return "".join(out), unsure
+        out.append(text[pos : found.start()])
+        mark = found[0]
+        start = found.end()
+        end: int
+        if mark == "--":
+            newline = text.find("\n", start)
+            end = len(text) if newline < 0 else newline
+        elif mark == "/*":
+            depth = 1
+            end = len(text)
+            for nested in _COMMENT_MARK.finditer(text, start):
+                depth += 1 if nested[0] == "/*" else -1
+                if depth == 0:
+                    end = nested.end()
+                    break
+            else:
+                unsure = True
+        elif mark == '"' or mark[0] in "uU":
+            closing = _IDENT_END.match(text, start)
+            end = closing.end() if closing else len(text)
+            word = text[start : end - 1].replace('""', '"')
+            if mark == '"' and closing and _PLAIN_WORD.fullmatch(word):
+                out.append(" " + word + " ")
+                pos = end
+                continue
+            unsure = unsure or closing is None or mark != '"'
+        elif mark[0] == "$":
+            closing_at = text.find(mark, start)
+            end = len(text) if closing_at < 0 else closing_at + len(mark)
+            unsure = unsure or closing_at < 0
+        else:  # a string: E'...' with backslash escapes, or '...'
+            closing = (_E_STRING_END if len(mark) == 2 else _STRING_END).match(text, start)
+            end = closing.end() if closing else len(text)
+            unsure = unsure or closing is None
+        out.append(" ")
+        pos = end
+
 
 _SET = re.compile(
     r"^\s*SET\s+(?!LOCAL\b|TRANSACTION\b|CONSTRAINTS?\b)(?:SESSION\s+)?(?P<what>\w+)",
@@ -86,6 +137,7 @@ _ADVISORY = re.compile(r"\bpg_(?:try_)?advisory_lock(?:_shared)?\s*\(", re.IGNOR
 _SET_CONFIG = re.compile(r"\bset_config\s*\(", re.IGNORECASE)
 _IS_LOCAL_TRUE = re.compile(r",\s*(?:true|'t'|'true'|'on'|1)\s*$", re.IGNORECASE)
 
+_DO = re.compile(r"^\s*DO\b", re.IGNORECASE)
 _BEGIN = re.compile(r"^\s*(?:BEGIN|START\s+TRANSACTION)\b", re.IGNORECASE)
 
 #: statements that may undo a kind of session state: the pool checks on the server (or, for
@@ -184,8 +236,9 @@ def session_changes(text: str) -> frozenset[SessionChange]:
 
 
 def _scan(text: str) -> StatementInfo:
-    clean = _NOISE.sub(" ", text)
-    kinds: set[SessionChange] = set()
+    clean, unsure = _blank(text)
+    # what the scan cannot read is taken for the worst a text can hide: a role or a setting
+    kinds: set[SessionChange] = set(UNSEEN) if unsure else set()
     undone: set[SessionChange] = set()
     begins = False
     for statement in clean.split(";"):
@@ -209,6 +262,8 @@ def _scan(text: str) -> StatementInfo:
 
 def _changes(statement: str) -> set[SessionChange]:
     """The kinds of session state one statement (comments and literals blanked) leaves."""
+    if _DO.match(statement):  # its body is code the scan does not read: assume the worst
+        return set(UNSEEN)
     kinds: set[SessionChange] = set()
     match = _SET.match(statement)
     if match:
@@ -263,12 +318,15 @@ def inspect_query(query: Any) -> StatementInfo:
 
 
 def _sql_text(query: psycopg.sql.Composable) -> str:
-    """The text of a psycopg.sql object with its SQL parts as they are and every other part
-    (identifier, literal, placeholder) as a stand-in word: enough to scan, no adaptation."""
+    """The text of a psycopg.sql object with its SQL parts as they are, identifiers as quoted
+    names (``Identifier("set_config")`` calls set_config) and every other part (literal,
+    placeholder) as a stand-in word: enough to scan, no adaptation."""
     if isinstance(query, psycopg.sql.SQL):
         return query.as_string(None)
     if isinstance(query, psycopg.sql.Composed):
         return "".join(_sql_text(part) for part in query)
+    if isinstance(query, psycopg.sql.Identifier):
+        return query.as_string(None)
     return " _ "
 
 
@@ -325,7 +383,7 @@ def plain_setting(query: Any, params: Any = None) -> tuple[str, str | None] | No
     if match:
         name = "timezone" if match["tz"] else match["name"].lower()
         value = match["value"]
-        if name in _NOT_SETTINGS or ";" in _NOISE.sub(" ", value):
+        if name in _NOT_SETTINGS or ";" in _blank(value)[0]:
             return None
         if value.upper() == "DEFAULT" or (match["tz"] and value.upper() == "LOCAL"):
             return (name, None)

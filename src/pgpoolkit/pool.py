@@ -45,7 +45,6 @@ from ._config import (
     redact,
     resized,
     resolve,
-    resolve_kwargs,
 )
 from ._core import PoolCore, Slot
 from ._probe import is_alive, make_probe
@@ -80,6 +79,8 @@ _INERROR = TransactionStatus.INERROR
 
 #: configure, check and reset: called with a connection (coroutine functions in Pool)
 ConnectionCallback = Callable[[Connection[Any]], None]
+#: what a conninfo callable returns (a coroutine function's result is awaited in Pool)
+ConninfoResult = str
 #: a client of the pool: a pooled connection (of either mode)
 Client = PooledConnection[Any]
 #: reconnect_failed: called with the pool (a function or a coroutine function in Pool)
@@ -111,17 +112,19 @@ class Pool:
 
     def __init__(
         self,
-        conninfo: str | Callable[[], str] = "",
+        conninfo: str | Callable[[], ConninfoResult] = "",
         *,
         open: bool | None = None,
         connection_class: type[Connection[Any]] = Connection,
-        kwargs: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
+        kwargs: Mapping[str, Any] | Callable[[], Any] | None = None,
         min_size: int = 4,
         max_size: int | None = None,
         name: str | None = None,
         mode: str | Policy = "session",
         max_clients: int = 0,
         idle_in_transaction_timeout: float | None = None,
+        reset_always: bool = False,
+        leak_timeout: float | None = None,
         timeout: float = 30.0,
         max_waiting: int = 0,
         max_lifetime: float = 60 * 60.0,
@@ -158,6 +161,8 @@ class Pool:
             max_clients=max_clients,
             idle_in_transaction_timeout=idle_in_transaction_timeout,
             close_returns=close_returns,
+            reset_always=reset_always,
+            leak_timeout=leak_timeout,
         )
         self.conninfo = conninfo
         self.kwargs = kwargs
@@ -167,6 +172,8 @@ class Pool:
         self.idle_in_transaction_timeout = self._config.idle_in_transaction_timeout
         #: psycopg's close() of a getconn() connection calls putconn() when this is True
         self.close_returns = self._config.close_returns
+        #: reset every server connection that goes back (multi-tenant), whatever the scan saw
+        self._reset_always = self._config.reset_always
         #: the first server connection opened: where new clients take their settings from
         self._template: Connection[Any] | None = None
         #: what transaction-mode clients hold between transactions (made with the template)
@@ -621,6 +628,8 @@ class Pool:
         connection knows, and getconn() users don't say; ``unpin``: the client was pinned;
         ``statements``, ``transactions``: what the client ran on it; ``discard``: the client
         changed its session beyond what a reset undoes: close it)."""
+        if self._reset_always:
+            dirty = True
         try:
             if discard or self._closes_on_return:
                 reusable = False
@@ -834,7 +843,9 @@ class Pool:
 
     def _connect(self) -> tuple[Connection[Any], int | None]:
         """A new server connection, configured, and the slot it holds (across processes)."""
-        conn = self.connection_class.connect(resolve(self.conninfo), **resolve_kwargs(self.kwargs))
+        conninfo = resolve(self.conninfo)
+        kwargs = resolve(self.kwargs)
+        conn = self.connection_class.connect(conninfo, **(kwargs or {}))
         try:
             if self._configure is not None:
                 self._configure(conn)

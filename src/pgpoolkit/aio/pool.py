@@ -45,7 +45,6 @@ from .._config import (
     redact,
     resized,
     resolve,
-    resolve_kwargs,
 )
 from .._core import PoolCore, Slot
 from .._probe import is_alive, make_probe
@@ -84,6 +83,8 @@ _INERROR = TransactionStatus.INERROR
 
 #: configure, check and reset: called with a connection (coroutine functions in AsyncPool)
 ConnectionCallback = Callable[[AsyncConnection[Any]], Awaitable[None]]
+#: what a conninfo callable returns (a coroutine function's result is awaited in AsyncPool)
+ConninfoResult = str | Awaitable[str]  # sync: ConninfoResult = str
 #: a client of the pool: a pooled connection (of either mode)
 Client = AsyncPooledConnection[Any]
 #: reconnect_failed: called with the pool (a function or a coroutine function in AsyncPool)
@@ -115,17 +116,19 @@ class AsyncPool:
 
     def __init__(
         self,
-        conninfo: str | Callable[[], str] = "",
+        conninfo: str | Callable[[], ConninfoResult] = "",
         *,
         open: bool | None = None,
         connection_class: type[AsyncConnection[Any]] = AsyncConnection,
-        kwargs: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
+        kwargs: Mapping[str, Any] | Callable[[], Any] | None = None,
         min_size: int = 4,
         max_size: int | None = None,
         name: str | None = None,
         mode: str | Policy = "session",
         max_clients: int = 0,
         idle_in_transaction_timeout: float | None = None,
+        reset_always: bool = False,
+        leak_timeout: float | None = None,
         timeout: float = 30.0,
         max_waiting: int = 0,
         max_lifetime: float = 60 * 60.0,
@@ -162,6 +165,8 @@ class AsyncPool:
             max_clients=max_clients,
             idle_in_transaction_timeout=idle_in_transaction_timeout,
             close_returns=close_returns,
+            reset_always=reset_always,
+            leak_timeout=leak_timeout,
         )
         self.conninfo = conninfo
         self.kwargs = kwargs
@@ -171,6 +176,8 @@ class AsyncPool:
         self.idle_in_transaction_timeout = self._config.idle_in_transaction_timeout
         #: psycopg's close() of a getconn() connection calls putconn() when this is True
         self.close_returns = self._config.close_returns
+        #: reset every server connection that goes back (multi-tenant), whatever the scan saw
+        self._reset_always = self._config.reset_always
         #: the first server connection opened: where new clients take their settings from
         self._template: AsyncConnection[Any] | None = None
         #: what transaction-mode clients hold between transactions (made with the template)
@@ -626,6 +633,8 @@ class AsyncPool:
         connection knows, and getconn() users don't say; ``unpin``: the client was pinned;
         ``statements``, ``transactions``: what the client ran on it; ``discard``: the client
         changed its session beyond what a reset undoes: close it)."""
+        if self._reset_always:
+            dirty = True
         try:
             if discard or self._closes_on_return:
                 reusable = False
@@ -839,9 +848,13 @@ class AsyncPool:
 
     async def _connect(self) -> tuple[AsyncConnection[Any], int | None]:
         """A new server connection, configured, and the slot it holds (across processes)."""
-        conn = await self.connection_class.connect(
-            resolve(self.conninfo), **resolve_kwargs(self.kwargs)
-        )
+        conninfo = resolve(self.conninfo)
+        kwargs = resolve(self.kwargs)
+        if isawaitable(conninfo):  # async-only
+            conninfo = await conninfo  # async-only
+        if isawaitable(kwargs):  # async-only
+            kwargs = await kwargs  # async-only
+        conn = await self.connection_class.connect(conninfo, **(kwargs or {}))
         try:
             if self._configure is not None:
                 await self._configure(conn)
