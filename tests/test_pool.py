@@ -8,6 +8,7 @@ there to let time pass (lifetimes, idle times), never to wait for an event.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import subprocess
@@ -16,6 +17,7 @@ import textwrap
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -796,8 +798,10 @@ def test_check_callback(dsn: str, app: str) -> None:
         assert checked == [first]
         reject.add(first)
         with pool.connection() as conn:  # the check fails: replaced, the caller gets another
-            assert conn.info.backend_pid != first
-        assert checked[-2] == first
+            second = conn.info.backend_pid
+            assert second != first
+        # after a failure, a new connection is checked as it opens too (failures back off)
+        assert checked[1:] == [first, second, second]
         stats = pool.stats()
         assert stats.connections_lost_total == 1
         assert stats.requests_total == 2  # the retry is the same request
@@ -1043,3 +1047,179 @@ def test_forked_child_never_uses_the_parents_connections(dsn: str, app: str, mod
         assert conn.execute("SELECT pg_backend_pid()").fetchone() == parent_pid
         assert conn.execute("SELECT 1").fetchone() == (1,)
         conn.close()
+
+
+# -- operations: pause, resume, reconnect --------------------------------------------------------
+
+
+def test_pause_waits_for_running_transactions_and_holds_new_requests(dsn: str, app: str) -> None:
+    """PgBouncer's PAUSE: a transaction under way finishes, a new request waits (in transaction
+    mode, a client's next transaction too) until resume(), and is then served."""
+    with make_pool(dsn, app, mode="transaction", min_size=2, max_size=2, timeout=10) as pool:
+        busy = pool.connect()
+        busy.execute("BEGIN")
+        busy.execute("SELECT 1")
+        idle_client = pool.connect()
+        paused = threading.Event()
+        pauser = threading.Thread(target=lambda: (pool.pause(timeout=10), paused.set()))
+        pauser.start()
+        wait_for(lambda: pool.paused, what="the pool to pause")
+        assert not paused.is_set()  # busy's transaction is still open
+
+        served: list[object] = []
+        waiter = threading.Thread(
+            target=lambda: served.append(idle_client.execute("SELECT 42").fetchone())
+        )
+        waiter.start()
+        wait_for(lambda: pool.stats().clients_waiting == 1, what="the request to queue")
+        busy.execute("COMMIT")  # the running transaction ends: pause() returns
+        pauser.join(10)
+        assert paused.is_set()
+        assert pool.stats().clients_waiting == 1 and not served  # still held back
+
+        pool.resume()
+        waiter.join(10)
+        assert served == [(42,)]
+        busy.close()
+        idle_client.close()
+
+
+def test_pause_times_out_and_stays_paused(dsn: str, app: str) -> None:
+    with make_pool(dsn, app, min_size=1, max_size=1) as pool:
+        held = pool.getconn()
+        with pytest.raises(PoolTimeout, match=r"is paused but .* 1 of 1 in use"):
+            pool.pause(timeout=0.2)
+        pool.putconn(held)
+        with pytest.raises(PoolTimeout, match="paused"):
+            pool.getconn(timeout=0.2)  # still paused: nothing handed out
+        pool.resume()
+        with pool.connection(timeout=5) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_reconnect_replaces_every_connection_as_it_comes_back(
+    dsn: str, admin: Admin, app: str
+) -> None:
+    """After reconnect(), idle connections are new at once, the one in use when returned; its
+    client keeps working on it meanwhile."""
+    with make_pool(dsn, app, min_size=2, max_size=2) as pool:
+        pool.wait(5)
+        held = pool.getconn()
+        held_pid = held.info.backend_pid
+        before = {
+            r[0]
+            for r in admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (app,)
+            ).fetchall()
+        }
+        pool.reconnect()
+        assert held.execute("SELECT 1").fetchone() == (1,)  # its transaction is not lost
+        pool.putconn(held)
+        wait_for(lambda: server_connections(admin, app) == 2, what="replacements")
+
+        def pids() -> set[int]:
+            rows = admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (app,)
+            ).fetchall()
+            return {int(r[0]) for r in rows}
+
+        wait_for(lambda: not (pids() & before), what="every connection to be replaced")
+        assert held_pid not in pids()
+
+
+def test_leak_timeout_reports_a_held_connection_once_with_its_stack(
+    dsn: str, app: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="pgpoolkit")
+
+    def reports() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "possibly leaked" in r.getMessage()]
+
+    with make_pool(dsn, app, mode="transaction", min_size=2, max_size=2, leak_timeout=0.1) as pool:
+        first = pool.getconn()  # taken here: the report names this function
+        wait_for(lambda: len(reports()) == 1, what="the first report")
+        assert "held by a connection from getconn(), transaction status IDLE" in reports()[0]
+        assert "test_leak_timeout_reports_a_held_connection_once" in reports()[0]
+        assert "pgpoolkit/pool.py" not in reports()[0]
+        client = pool.connect()
+        client.execute("BEGIN")
+        wait_for(lambda: len(reports()) == 2, what="the second report")
+        assert "in state IN_TRANSACTION, transaction status INTRANS" in reports()[1]
+        assert len(reports()) == 2  # the first, still held, was reported once
+        client.execute("ROLLBACK")
+        client.close()
+        pool.putconn(first)
+
+
+# -- resource hygiene ------------------------------------------------------------------------------
+
+
+def test_a_pool_dropped_without_close_is_collected(dsn: str, admin: Admin, app: str) -> None:
+    """Its maintenance thread ends and its server connections close (issue 12: the thread
+    kept it alive for ever)."""
+    pool = make_pool(dsn, app, name=f"{app}-dropped", min_size=2)
+    pool.wait(5)
+    with pool.connection() as conn:
+        conn.execute("SELECT 1")
+    ref = weakref.ref(pool)
+    del pool, conn
+    gc.collect()
+    assert ref() is None
+    wait_for(lambda: server_connections(admin, app) == 0, what="its connections to close")
+    wait_for(
+        lambda: not any(t.name == f"{app}-dropped-maintenance" for t in threading.enumerate()),
+        what="its maintenance thread to end",
+    )
+
+
+def test_a_failing_check_backs_off(dsn: str, app: str) -> None:
+    """check= failing on every connection: the pool does not open connection after connection
+    for the waiting client (it opened about 500 a second), and the timeout says why."""
+
+    def check(conn: psycopg.Connection[Any]) -> None:
+        raise RuntimeError("replica lagging")
+
+    with make_pool(dsn, app, min_size=1, max_size=2, check=check) as pool:
+        pool.wait(5)
+        with pytest.raises(PoolTimeout, match=r"last connection error: .*replica lagging"):
+            pool.getconn(timeout=2.0)
+        assert pool.stats().connections_opened_total <= 8
+
+
+def test_an_idle_pool_refills_after_a_server_restart_without_demand(
+    own_postgres: TemporaryPostgres,
+) -> None:
+    """Nobody asks for a connection: the pool still notices its idle connections died with
+    the server and is back to min_size soon after the server returns."""
+    with Pool(own_postgres.dsn, min_size=3, timeout=5) as pool:
+        pool.wait(5)
+        own_postgres.restart()
+        t0 = time.monotonic()
+        wait_for(lambda: pool.stats().connections_opened_total >= 6, timeout=10, what="refill")
+        assert time.monotonic() - t0 < 3.0
+        assert pool.stats().servers_idle == 3
+
+
+def test_an_interrupt_while_starting_connection_attempts_loses_no_slot(
+    dsn: str, app: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KeyboardInterrupt after the pool counted an attempt as under way and before a worker
+    carried it (issue 12: that slot was lost for good): the count is given back."""
+    import pgpoolkit.pool as pool_module
+
+    real_spawn = pool_module.spawn
+    interrupted = []
+
+    def spawn_interrupted(*args: Any, **kwargs: Any) -> None:
+        if kwargs.get("name", "").endswith("-connect") and not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        real_spawn(*args, **kwargs)
+
+    with make_pool(dsn, app, min_size=0, max_size=1) as pool:
+        monkeypatch.setattr(pool_module, "spawn", spawn_interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            pool.getconn(timeout=5)
+        assert interrupted and pool.stats().servers_connecting == 0
+        with pool.connection(timeout=5) as conn:  # the one slot is still there
+            assert conn.execute("SELECT 1").fetchone() == (1,)

@@ -477,6 +477,23 @@ async def test_callable_conninfo_and_kwargs(dsn: str, admin: Admin, app: str) ->
         assert server_connections(admin, f"{app}-0") + server_connections(admin, f"{app}-1") == 2
 
 
+async def test_coroutine_conninfo_and_kwargs_are_awaited(dsn: str, admin: Admin, app: str) -> None:
+    """Rotating credentials from an async secret store: coroutine functions are awaited at
+    every new connection (issue 12: they were passed to psycopg unawaited)."""
+
+    async def conninfo() -> str:
+        await asyncio.sleep(0)
+        return dsn
+
+    async def kwargs() -> dict[str, str]:
+        await asyncio.sleep(0)
+        return {"application_name": f"{app}-async"}
+
+    async with AsyncPool(conninfo, kwargs=kwargs, min_size=2, timeout=5) as pool:
+        await pool.wait(5)
+        assert server_connections(admin, f"{app}-async") == 2
+
+
 async def test_configure_failure(dsn: str, app: str, caplog: pytest.LogCaptureFixture) -> None:
     async def configure(conn: AConn) -> None:
         await conn.execute("SELECT 1")  # leaves a transaction open
@@ -638,3 +655,22 @@ async def test_timeout_via_wait_for_leaks_nothing(dsn: str, app: str) -> None:
         for _ in range(3):
             async with pool.connection(timeout=5) as conn:
                 assert await fetch1(conn, "SELECT 1") == 1
+
+
+async def test_pause_and_resume(dsn: str, app: str) -> None:
+    """pause() returns once the connection in use comes back; a request made meanwhile waits
+    until resume()."""
+    async with make_pool(dsn, app, min_size=1, max_size=1, timeout=10) as pool:
+        held = await pool.getconn()
+        pausing = asyncio.create_task(pool.pause(timeout=10))
+        await wait_for(lambda: pool.paused, what="the pool to pause")
+        request = asyncio.create_task(pool.getconn())
+        await wait_for(lambda: pool.stats().clients_waiting == 1, what="the request to queue")
+        assert not pausing.done()
+        await pool.putconn(held)
+        await pausing
+        assert not request.done()
+        await pool.resume()
+        conn = await asyncio.wait_for(request, 10)
+        assert await fetch1(conn, "SELECT 7") == 7
+        await pool.putconn(conn)

@@ -40,7 +40,9 @@ from pgpoolkit._session_state import inspect_statement, session_changes
         ("SELECT 1 AS a$$; SET ROLE x", {K.ROLE}),
         # what it cannot read: assumed to be the worst (a role and a setting)
         ("DO $$ BEGIN PERFORM set_config('role', 'x', false); END $$", {K.SETTING, K.ROLE}),
-        ('SELECT U&"\\0073et_config"(\'role\', \'x\', false)', {K.SETTING, K.ROLE}),
+        ("DO $$ BEGIN EXECUTE 'SEL' || 'ECT 1'; END $$", {K.SETTING, K.ROLE}),
+        ("DO E'BEGIN \\x53ET ROLE x; END'", {K.SETTING, K.ROLE}),
+        ("SELECT U&\"\\0073et_config\"('role', 'x', false)", {K.SETTING, K.ROLE}),
         ("SELECT 'unterminated; SET ROLE x", {K.SETTING, K.ROLE}),
         ("SELECT 1 /* unterminated", {K.SETTING, K.ROLE}),
         # not session state
@@ -56,6 +58,7 @@ from pgpoolkit._session_state import inspect_statement, session_changes
         ("SELECT 'SET ROLE admin'", set()),
         ("SELECT 1 -- SET ROLE admin", set()),
         ("/* LISTEN x; */ SELECT 1", set()),
+        ("DO $$ BEGIN RAISE NOTICE 'hi'; END $$", set()),
         ("/* /* LISTEN x; */ SET ROLE y; */ SELECT 1", set()),
         ('SELECT "order"."set" FROM "order"', set()),
         ("SELECT a$b$ FROM t WHERE x = $1", set()),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from collections.abc import Callable
 from contextlib import suppress
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -53,6 +54,7 @@ class Slot(Generic[T]):
         "expires_at",
         "generation",
         "last_used",
+        "leak_stack",
         "out",
         "probe",
         "reported",
@@ -82,6 +84,8 @@ class Slot(Generic[T]):
         self.reported: tuple[Any, ...] = ()
         #: the advisory-lock slot it holds of a budget shared across processes, if any
         self.budget_slot: int | None = None
+        #: with leak_timeout: the stack that checked it out, until a leak is reported
+        self.leak_stack: Any = None
 
 
 class Waiter(Protocol[T]):
@@ -115,6 +119,8 @@ class PoolCore(Generic[T]):
         self.in_use = 0
         self.connecting = 0
         self.generation = 0
+        #: pause(): requests wait, nothing is handed out, until resume()
+        self.paused = False
 
         #: something for the shell to do: close ``to_close`` and/or start connection attempts
         self.work = False
@@ -128,6 +134,8 @@ class PoolCore(Generic[T]):
         self.retry_delay = 0.0
         self.retry_started = 0.0
         self.last_error: str | None = None
+        #: checks failed in a row (check=): new connections are checked as they open
+        self.check_failures = 0
 
         # counters
         self.requests = 0
@@ -159,7 +167,7 @@ class PoolCore(Generic[T]):
             raise self.closed_error()
         if not retry:
             self.requests += 1
-        if self.waiters:
+        if self.waiters or self.paused:
             return None
         idle = self.idle
         while idle:
@@ -178,6 +186,8 @@ class PoolCore(Generic[T]):
         slot.out = False
         self.in_use -= 1
         self.usage_ms += (now - slot.checked_out_at) * 1000.0
+        if self.paused and not self.in_use:
+            self.work = True  # the shell tells pause() that nothing is in use any more
         if not reusable:
             self.returns_bad += 1
             self._close(slot)
@@ -190,7 +200,7 @@ class PoolCore(Generic[T]):
             or self.in_use + len(self.idle) + self.connecting >= self.max_size
         ):  # the last test is only true after resize() lowered max_size
             self._close(slot)
-        elif self.waiters:
+        elif self.waiters and not self.paused:
             self._hand_over(slot, now)
         else:  # _hand_over's idle case, inlined: this is the common return
             slot.last_used = now
@@ -198,7 +208,7 @@ class PoolCore(Generic[T]):
 
     def _hand_over(self, slot: Slot[T], now: float) -> None:
         """Give a ready connection to the oldest waiter, or put it on the idle stack."""
-        if self.waiters:
+        if self.waiters and not self.paused:
             waiter = self.waiters.popleft()
             slot.out = True
             slot.checked_out_at = now
@@ -249,7 +259,22 @@ class PoolCore(Generic[T]):
         slot.out = False
         self.in_use -= 1
         self.connections_lost += 1
-        self._close(slot)
+        self._close(slot)  # (sets work: a pause() waiting for in_use to drop is told)
+
+    def check_failed(self, error: str) -> None:
+        """A connection failed the pool's check= at checkout (it is given back as lost)."""
+        self.check_failures += 1
+        self.last_error = error
+
+    def drop_dead_idle(self, alive: Callable[[Slot[T]], bool]) -> None:
+        """Close the idle connections ``alive`` finds dead (a server restart, a terminated
+        backend): the attempts to replace them start without waiting for a request."""
+        dead = [slot for slot in self.idle if not alive(slot)]
+        if dead:
+            self.idle = [slot for slot in self.idle if slot not in dead]
+            for slot in dead:
+                self.connections_lost += 1
+                self._close(slot)
 
     def client_released(self, unpinned: bool, statements: int, transactions: int) -> None:
         """A client gave its server connection back: account what it did with it."""
@@ -274,7 +299,8 @@ class PoolCore(Generic[T]):
             return 0
         total = len(self.idle) + self.in_use + self.connecting
         room = min(self.max_size - total, self.num_workers - self.connecting)
-        need = max(self.min_size - total, len(self.waiters) - self.connecting)
+        waiting = 0 if self.paused else len(self.waiters)  # paused: no growth for them
+        need = max(self.min_size - total, waiting - self.connecting)
         return max(0, min(need, room))
 
     def new_slot(
@@ -398,6 +424,14 @@ class PoolCore(Generic[T]):
                 due = min(due, slot.last_used + self.max_idle)
         return max(0.01, due - now)
 
+    def held_longer_than(self, limit: float, now: float) -> list[Slot[T]]:
+        """The handed-out connections held longer than ``limit`` and not reported yet."""
+        return [
+            slot
+            for slot in self.slots.values()
+            if slot.out and slot.leak_stack is not None and now - slot.checked_out_at >= limit
+        ]
+
     def take_idle(self, now: float) -> list[Slot[T]]:
         """Check out every idle connection at once (for ``pool.check()``)."""
         slots, self.idle = self.idle, []
@@ -424,6 +458,22 @@ class PoolCore(Generic[T]):
         for slot in self.idle:
             self._close(slot)
         self.idle = []
+        self.work = True
+
+    def pause(self) -> None:
+        """Hand nothing out until resume(): new requests queue (their timeouts run), clients
+        give back what they hold as usual."""
+        self.paused = True
+
+    def resume(self, now: float) -> None:
+        """Serve again: the idle connections go to the waiters, oldest first."""
+        self.paused = False
+        while self.waiters and self.idle:
+            slot = self.idle.pop()
+            if slot.expires_at > now:
+                self._hand_over(slot, now)
+            else:
+                self._close(slot)
         self.work = True
 
     def open(self) -> None:
@@ -479,6 +529,8 @@ class PoolCore(Generic[T]):
             f"{self.in_use} of {self.max_size} in use, {len(self.idle)} idle, "
             f"{len(self.waiters)} waiting, {self.connecting} connecting"
         )
+        if self.paused:
+            text += "; paused (resume() serves again)"
         if self.last_error:
             text += f"; last connection error: {self.last_error}"
         return text

@@ -138,6 +138,13 @@ _SET_CONFIG = re.compile(r"\bset_config\s*\(", re.IGNORECASE)
 _IS_LOCAL_TRUE = re.compile(r",\s*(?:true|'t'|'true'|'on'|1)\s*$", re.IGNORECASE)
 
 _DO = re.compile(r"^\s*DO\b", re.IGNORECASE)
+#: a DO block's body is code the scan does not parse: one holding any of these words (or an
+#: escape that could spell them) is assumed to change a role and a setting (the worst it can)
+_RISKY_IN_DO = re.compile(
+    r"\b(?:SET|RESET|set_config|EXECUTE|LISTEN|PREPARE|DEALLOCATE|DISCARD|TEMP|TEMPORARY|LOAD"
+    r"|ROLE|AUTHORIZATION|HOLD|\w*advisory\w*)\b|\\|(?<![\w$])[eE]'|[uU]&",
+    re.IGNORECASE,
+)
 _BEGIN = re.compile(r"^\s*(?:BEGIN|START\s+TRANSACTION)\b", re.IGNORECASE)
 
 #: statements that may undo a kind of session state: the pool checks on the server (or, for
@@ -240,12 +247,14 @@ def _scan(text: str) -> StatementInfo:
     # what the scan cannot read is taken for the worst a text can hide: a role or a setting
     kinds: set[SessionChange] = set(UNSEEN) if unsure else set()
     undone: set[SessionChange] = set()
-    begins = False
+    begins = does = False
     for statement in clean.split(";"):
         if not statement.strip():
             continue
         if _BEGIN.match(statement):
             begins = True
+        if _DO.match(statement):
+            does = True
         here = _changes(statement)
         kinds |= here
         undone -= here  # a later change outweighs an earlier undo
@@ -255,6 +264,8 @@ def _scan(text: str) -> StatementInfo:
             found = pattern.search if kind is SessionChange.ADVISORY_LOCK else pattern.match
             if found(statement):
                 undone.add(kind)
+    if does and _RISKY_IN_DO.search(text):
+        kinds |= UNSEEN
     if not kinds and not begins and not undone:
         return PLAIN
     return StatementInfo(frozenset(kinds), begins, frozenset(undone))
@@ -262,8 +273,6 @@ def _scan(text: str) -> StatementInfo:
 
 def _changes(statement: str) -> set[SessionChange]:
     """The kinds of session state one statement (comments and literals blanked) leaves."""
-    if _DO.match(statement):  # its body is code the scan does not read: assume the worst
-        return set(UNSEEN)
     kinds: set[SessionChange] = set()
     match = _SET.match(statement)
     if match:

@@ -213,14 +213,16 @@ class AsyncPooledConnection(AsyncConnection[Row]):
     async def _bind(self, timeout: float | None = None) -> Slot[AsyncConnection[Any]]:
         pool = self._owner
         slot = await pool._acquire(timeout)
-        try:
+        try:  # (no call between the acquire and here: an interrupt cannot fall in between)
             attach(self, slot.conn)
             if self._chosen_prepared is not None:
                 apply_prepared_settings(self, self._chosen_prepared)
+            self._box.append(slot)
         except BaseException:
+            if self._box and self._box[-1] is slot:
+                self._box.pop()
             await pool._release(slot)
             raise
-        self._box.append(slot)
         return slot
 
     def _saw(self, query: Any, held: bool = False) -> None:

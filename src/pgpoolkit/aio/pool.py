@@ -11,6 +11,7 @@ import asyncio  # async-only
 import logging
 import os
 import random
+import traceback
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
@@ -83,6 +84,9 @@ _INERROR = TransactionStatus.INERROR
 
 #: configure, check and reset: called with a connection (coroutine functions in AsyncPool)
 ConnectionCallback = Callable[[AsyncConnection[Any]], Awaitable[None]]
+#: seconds between two looks at the idle connections' sockets (no round trip): a pool left idle
+#: through a server restart is back to min_size within about this long
+IDLE_PROBE_INTERVAL = 0.5
 #: what a conninfo callable returns (a coroutine function's result is awaited in AsyncPool)
 ConninfoResult = str | Awaitable[str]  # sync: ConninfoResult = str
 #: a client of the pool: a pooled connection (of either mode)
@@ -178,6 +182,8 @@ class AsyncPool:
         self.close_returns = self._config.close_returns
         #: reset every server connection that goes back (multi-tenant), whatever the scan saw
         self._reset_always = self._config.reset_always
+        #: report a server connection held longer than this, with the stack that took it
+        self._leak_timeout = self._config.leak_timeout
         #: the first server connection opened: where new clients take their settings from
         self._template: AsyncConnection[Any] | None = None
         #: what transaction-mode clients hold between transactions (made with the template)
@@ -205,6 +211,7 @@ class AsyncPool:
         self._workers: set[AWorker] = set()
         self._closing = AEvent()
         self._ready = AEvent()
+        self._quiet = AEvent()  # paused, and no server connection in use
         _pools.add(self)  # for the fork handler
 
         if open:  # sync: if open or open is None:
@@ -258,6 +265,7 @@ class AsyncPool:
         self._workers = set()
         self._closing = AEvent()
         self._ready = AEvent()
+        self._quiet = AEvent()
         if was_open:  # threads reopen it now; on an event loop, the application awaits open()
             pass  # sync: self.open()
 
@@ -307,6 +315,11 @@ class AsyncPool:
         return self._config.timeout
 
     @property
+    def paused(self) -> bool:
+        """True between :meth:`pause` and :meth:`resume`."""
+        return self._core.paused
+
+    @property
     def closed(self) -> bool:
         """True until the pool is opened, and again once it is closed."""
         return self._core.closed or not self._core.opened
@@ -335,7 +348,13 @@ class AsyncPool:
             if self._core.ready:
                 self._ready.set()
         self._loop = asyncio.get_running_loop()  # async-only
-        aspawn(self._workers, self._maintenance_worker, name=f"{self.name}-maintenance")
+        aspawn(
+            self._workers,
+            _maintenance_worker,
+            weakref.ref(self),
+            self._closing,
+            name=f"{self.name}-maintenance",
+        )
         await self._do_work()
         if wait:
             await self.wait(timeout)
@@ -404,6 +423,44 @@ class AsyncPool:
         idle connections close now, those in use when they are returned."""
         with self._lock:
             self._core.drain()
+        await self._do_work()
+
+    async def reconnect(self) -> None:
+        """Replace every server connection, each as it comes back (after a failover or a
+        credential change): idle ones close now, those in use when their client gives them
+        back; no client loses its transaction. The same as :meth:`drain` (psycopg_pool's name).
+        """
+        await self.drain()
+
+    async def pause(self, timeout: float | None = None) -> None:
+        """PgBouncer's PAUSE: hand out nothing until :meth:`resume`, and wait until no server
+        connection is in use. Running transactions (and session-mode clients) finish as usual;
+        new requests wait in the queue, their own timeouts running. Raise PoolTimeout if
+        connections are still in use after ``timeout`` seconds (None: the pool's timeout): the
+        pool stays paused then."""
+        limit = self._config.timeout if timeout is None else check_timeout(timeout)
+        with self._lock:
+            if self._core.closed or not self._core.opened:
+                raise self._core.closed_error()
+            self._core.pause()
+            self._quiet.clear()
+            quiet = not self._core.in_use
+        if quiet or await self._quiet.wait_timeout(limit):
+            logger.info("pool %r: paused", self.name)
+            return
+        with self._lock:
+            state = self._core.describe()
+        raise PoolTimeout(
+            f"pool {self.name!r} is paused but its clients did not give back their connections "
+            f"within {limit:.1f} s: {state}"
+        )
+
+    async def resume(self) -> None:
+        """Serve again after :meth:`pause`: the waiting requests get connections, oldest
+        first."""
+        with self._lock:
+            self._core.resume(monotonic())
+        logger.info("pool %r: resumed", self.name)
         await self._do_work()
 
     async def check(self) -> None:
@@ -569,6 +626,8 @@ class AsyncPool:
                 if is_alive(slot.conn, slot.probe) and (
                     self._check is None or await self._passes_check(slot)
                 ):
+                    if self._leak_timeout is not None:
+                        slot.leak_stack = traceback.extract_stack()
                     return slot
             except BaseException:  # cancelled, maybe in the middle of the check: discard it
                 await self._discard(slot)
@@ -615,7 +674,12 @@ class AsyncPool:
             await self._check(slot.conn)
         except Exception as ex:
             logger.warning("pool %r: connection failed its check, replacing it: %s", self.name, ex)
+            with self._lock:  # new connections are checked as they open, with backoff
+                self._core.check_failed(f"check failed: {_describe_error(ex)}")
             return False
+        if self._core.check_failures:
+            with self._lock:
+                self._core.check_failures = 0
         return True
 
     async def _release(
@@ -734,22 +798,39 @@ class AsyncPool:
 
     async def _do_work(self) -> None:
         """Carry out what the core decided: close connections, start connection attempts."""
-        with self._lock:
-            to_close, attempts = self._core.take_work()
-        # close first: a replacement never overlaps on the server with the one it replaces
-        for conn in to_close:
-            await self._close_connection(conn)
-        budget = self._shared_budget
-        for _ in range(attempts):
-            if budget is not None:  # a manager's overcommitted budget: a ticket first
-                granted, victim = budget.take(self)
-                if not granted:
-                    with self._lock:
-                        self._core.attempt_abandoned(False)
-                    if victim is not None:  # a sibling's idle connection makes room
-                        await victim._evict_one()
-                    continue
-            aspawn(self._workers, self._connect_worker, name=f"{self.name}-connect")
+        pending = 0  # attempts the core counts as under way and no worker carries yet
+        starting: _Attempt | None = None  # the attempt whose worker is being started
+        try:
+            with self._lock:
+                to_close, pending = self._core.take_work()
+                if self._core.paused and not self._core.in_use:
+                    self._quiet.set()  # pause() is waiting for this
+            # close first: a replacement never overlaps on the server with the one it replaces
+            for conn in to_close:
+                await self._close_connection(conn)
+            budget = self._shared_budget
+            while pending:
+                if budget is not None:  # a manager's overcommitted budget: a ticket first
+                    granted, victim = budget.take(self)
+                    if not granted:
+                        with self._lock:
+                            self._core.attempt_abandoned(False)
+                        pending -= 1
+                        if victim is not None:  # a sibling's idle connection makes room
+                            await victim._evict_one()
+                        continue
+                starting = _Attempt()
+                pending -= 1
+                aspawn(self._workers, self._connect_worker, starting, name=f"{self.name}-connect")
+                starting = None
+        except BaseException:  # interrupted (KeyboardInterrupt, cancelled): no attempt is lost
+            with self._lock:
+                if starting is not None and not starting.claimed:  # its worker never ran
+                    starting.abandoned = True
+                    pending += 1
+                for _ in range(pending):
+                    self._core.attempt_abandoned(False)
+            raise
 
     async def _close_connection(self, conn: AsyncConnection[Any]) -> None:
         conn._pool = None  # so that psycopg really closes it
@@ -780,8 +861,12 @@ class AsyncPool:
             logger.info("pool %r: an idle connection closed for a sibling pool", self.name)
             await self._do_work()
 
-    async def _connect_worker(self) -> None:
+    async def _connect_worker(self, attempt_claim: _Attempt) -> None:
         """Open one connection, retrying with backoff while the server is unreachable."""
+        with self._lock:  # _do_work() may have given the attempt up, interrupted as it started us
+            if attempt_claim.abandoned:
+                return
+            attempt_claim.claimed = True
         attempt = 0
         counted = True  # the core counts this attempt as in progress (``connecting``)
         ticket = True  # under a shared budget, this attempt holds a ticket
@@ -864,6 +949,12 @@ class AsyncPool:
                         f"{TransactionStatus(conn.pgconn.transaction_status).name}: "
                         "commit or roll back in configure"
                     )
+            if self._check is not None and self._core.check_failures:
+                # checks keep failing: a failure here backs off as a failed attempt does,
+                # instead of opening connection after connection for the waiting clients
+                await self._check(conn)
+                with self._lock:
+                    self._core.check_failures = 0
             slot_number = None
             if self._slots is not None:
                 slot_number = await self._take_budget_slot(conn, None)
@@ -909,17 +1000,65 @@ class AsyncPool:
         except Exception as ex:
             logger.warning("pool %r: reconnect_failed callback raised: %s", self.name, ex)
 
-    async def _maintenance_worker(self) -> None:
-        """Expire idle and old connections and keep min_size, until the pool closes."""
-        delay = 0.0
+    async def _maintain(self) -> float:
+        """One round of maintenance: replace the idle connections found dead (so that the pool
+        is back to min_size after a server restart without waiting for a request), expire idle
+        and old ones, roll back idle transactions, report leaks. Returns the seconds until the
+        next round."""
+        with self._lock:
+            self._core.drop_dead_idle(_alive)
+            delay = min(self._core.maintain(monotonic()), IDLE_PROBE_INTERVAL)
+        await self._do_work()
         limit = self.idle_in_transaction_timeout
-        while not await self._closing.wait_timeout(delay):
-            with self._lock:
-                delay = self._core.maintain(monotonic())
-            await self._do_work()
-            if limit is not None:
-                await self._reap_idle_transactions(limit)
-                delay = min(delay, max(0.05, limit / 4))
+        if limit is not None:
+            await self._reap_idle_transactions(limit)
+            delay = min(delay, max(0.05, limit / 4))
+        if self._leak_timeout is not None:
+            self._report_leaks(self._leak_timeout)
+            delay = min(delay, max(0.05, self._leak_timeout / 4))
+        return delay
+
+    def __del__(self) -> None:
+        """Dropped without close(): the maintenance worker stops (it holds no reference to the
+        pool) and the server connections close with their objects, as psycopg_pool's do."""
+        core = self.__dict__.get("_core")
+        if core is None or core.closed or not core.opened:
+            return
+        core.closed = True
+        aspawn_detached(self._loop, set(), _wake, self._closing, name=f"{self.name}-dropped")
+
+    def _report_leaks(self, limit: float) -> None:
+        """Log, once per checkout, each server connection held longer than ``limit``: who took
+        it (the stack), and what its client is doing (HikariCP's leak detection)."""
+        now = monotonic()
+        with self._lock:
+            held = self._core.held_longer_than(limit, now)
+            stacks = []
+            for slot in held:
+                stacks.append((slot, slot.leak_stack, now - slot.checked_out_at))
+                slot.leak_stack = None
+        package = os.path.dirname(os.path.dirname(__file__))
+        for slot, stack, seconds in stacks:
+            while stack and stack[-1].filename.startswith(package):
+                stack.pop()  # the pool's own frames: the application's are what matter
+            client = next((c for c in _snapshot(self._clients) if c._slot is slot), None)
+            status = TransactionStatus(slot.conn.pgconn.transaction_status).name
+            holder = (
+                f"{type(client).__name__} in state {client.state.name}"
+                if client is not None
+                else "a connection from getconn()"
+            )
+            logger.warning(
+                "pool %r: a server connection has been held for %.1f s "
+                "(leak_timeout=%g s), possibly leaked: held by %s, transaction status %s; "
+                "it was taken at:\n%s",
+                self.name,
+                seconds,
+                limit,
+                holder,
+                status,
+                "".join(traceback.format_list(stack)).rstrip(),
+            )
 
     async def _reap_idle_transactions(self, limit: float) -> None:
         """Roll back the transactions of clients idle in them longer than ``limit``."""
@@ -1110,6 +1249,37 @@ async def _restore_settings(conn: AsyncConnection[Any], settings: tuple[Any, ...
 
 #: every pool of this process, for the fork handler
 _pools: weakref.WeakSet[AsyncPool] = weakref.WeakSet()
+
+
+async def _maintenance_worker(pool_ref: weakref.ref[AsyncPool], closing: AEvent) -> None:
+    """Maintain the pool until it closes; between rounds it holds no reference to the pool, so
+    that a pool dropped without close() is collected (its finalizer sets ``closing``)."""
+    delay = 0.0
+    while not await closing.wait_timeout(delay):
+        pool = pool_ref()
+        if pool is None:
+            return
+        delay = await pool._maintain()
+        del pool
+
+
+class _Attempt:
+    """A connection attempt handed to a worker: claimed by the worker when it runs, or
+    abandoned by _do_work() if starting the worker was interrupted first."""
+
+    __slots__ = ("abandoned", "claimed")
+
+    def __init__(self) -> None:
+        self.claimed = False
+        self.abandoned = False
+
+
+async def _wake(event: AEvent) -> None:
+    event.set()
+
+
+def _alive(slot: Slot[AsyncConnection[Any]]) -> bool:
+    return is_alive(slot.conn, slot.probe)
 
 
 def _after_fork_in_child() -> None:
