@@ -59,9 +59,12 @@ EXPECTED: dict[str, tuple[list[str], list[str], str | None]] = {
 }
 
 
-def test_every_example_is_run() -> None:
-    """A new example gets an entry above, and an entry names an example that exists."""
-    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(EXPECTED)
+#: every program in examples/: one without an entry above must exit 0 and print something
+EXAMPLE_NAMES = sorted(p.name for p in EXAMPLES.glob("*.py"))
+
+
+def test_every_entry_names_an_example() -> None:
+    assert set(EXPECTED) <= set(EXAMPLE_NAMES)
 
 
 def run_example(path: Path, args: list[str], dsn: str) -> subprocess.CompletedProcess[str]:
@@ -83,9 +86,9 @@ def run_example(path: Path, args: list[str], dsn: str) -> subprocess.CompletedPr
     )
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", EXAMPLE_NAMES)
 def test_example_runs(name: str, dsn: str) -> None:
-    args, patterns, needs = EXPECTED[name]
+    args, patterns, needs = EXPECTED.get(name, ([], [r"\S"], None))
     if needs is not None and importlib.util.find_spec(needs) is None:
         pytest.skip(f"{name} needs {needs}")
     result = run_example(EXAMPLES / name, args, dsn)
