@@ -104,3 +104,10 @@ def test_the_examples_read_the_variable() -> None:
     result = run_example(EXAMPLES / "dropin_connect.py", [], "host='unterminated")
     assert result.returncode != 0
     assert "conninfo cannot be parsed" in result.stderr
+
+
+def test_the_docs_show_every_example() -> None:
+    """docs/examples.md embeds each program (the site shows its source)."""
+    page = (ROOT / "docs" / "examples.md").read_text()
+    missing = [name for name in EXAMPLE_NAMES if f'--8<-- "examples/{name}"' not in page]
+    assert not missing, f"docs/examples.md does not show {missing}"
