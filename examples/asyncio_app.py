@@ -1,14 +1,17 @@
 """An asyncio application: many tasks over a few server connections.
 
-python examples/asyncio_app.py "host=127.0.0.1 dbname=postgres user=postgres"
+PGPOOLKIT_DSN="host=127.0.0.1 dbname=postgres user=postgres" python examples/asyncio_app.py
 """
 
 from __future__ import annotations
 
 import asyncio
-import sys
+import os
 
 import pgpoolkit
+
+#: the server: a libpq connection string (PGHOST, PGUSER... fill in what it leaves out)
+DSN = os.environ.get("PGPOOLKIT_DSN", "dbname=postgres")
 
 
 async def handle_request(pool: pgpoolkit.AsyncPool, n: int) -> int:
@@ -30,4 +33,4 @@ async def main(dsn: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else ""))
+    asyncio.run(main(DSN))

@@ -1,11 +1,11 @@
 """configure / check / reset callbacks and rotating credentials.
 
-python examples/callbacks.py "host=127.0.0.1 dbname=postgres user=postgres"
+PGPOOLKIT_DSN="host=127.0.0.1 dbname=postgres user=postgres" python examples/callbacks.py
 """
 
 from __future__ import annotations
 
-import sys
+import os
 from typing import Any
 
 import psycopg
@@ -28,7 +28,7 @@ def reset(conn: psycopg.Connection[Any]) -> None:
 
 def current_dsn() -> str:
     """Called at every new connection: read a rotated password from a vault here."""
-    return sys.argv[1] if len(sys.argv) > 1 else ""
+    return os.environ.get("PGPOOLKIT_DSN", "dbname=postgres")
 
 
 def main() -> None:

@@ -1,14 +1,17 @@
 """A custom pooling policy: transaction pooling that refuses LISTEN.
 
-python examples/custom_policy.py "host=127.0.0.1 dbname=postgres user=postgres"
+PGPOOLKIT_DSN="host=127.0.0.1 dbname=postgres user=postgres" python examples/custom_policy.py
 """
 
 from __future__ import annotations
 
-import sys
+import os
 
 import pgpoolkit
 from pgpoolkit import Action, ClientState, Event
+
+#: the server: a libpq connection string (PGHOST, PGUSER... fill in what it leaves out)
+DSN = os.environ.get("PGPOOLKIT_DSN", "dbname=postgres")
 
 
 class NoListenTransactionPolicy(pgpoolkit.TransactionPolicy):
@@ -38,4 +41,4 @@ def main(dsn: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "")
+    main(DSN)

@@ -1,13 +1,16 @@
 """Named pools sharing one server's connection budget, as managed PostgreSQL services offer.
 
-python examples/pool_manager.py "host=127.0.0.1 dbname=postgres user=postgres"
+PGPOOLKIT_DSN="host=127.0.0.1 dbname=postgres user=postgres" python examples/pool_manager.py
 """
 
 from __future__ import annotations
 
-import sys
+import os
 
 import pgpoolkit
+
+#: the server: a libpq connection string (PGHOST, PGUSER... fill in what it leaves out)
+DSN = os.environ.get("PGPOOLKIT_DSN", "dbname=postgres")
 
 
 def main(dsn: str) -> None:
@@ -35,4 +38,4 @@ def main(dsn: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "")
+    main(DSN)

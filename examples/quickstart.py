@@ -1,14 +1,17 @@
 """Quickstart: a threaded pool shared by a few workers.
 
-python examples/quickstart.py "host=127.0.0.1 dbname=postgres user=postgres"
+PGPOOLKIT_DSN="host=127.0.0.1 dbname=postgres user=postgres" python examples/quickstart.py
 """
 
 from __future__ import annotations
 
-import sys
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pgpoolkit
+
+#: the server: a libpq connection string (PGHOST, PGUSER... fill in what it leaves out)
+DSN = os.environ.get("PGPOOLKIT_DSN", "dbname=postgres")
 
 
 def main(dsn: str) -> None:
@@ -29,4 +32,4 @@ def main(dsn: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "")
+    main(DSN)

@@ -1,17 +1,20 @@
 """Transaction pooling: many open clients over a few server connections.
 
-python examples/transaction_mode.py "host=127.0.0.1 dbname=postgres user=postgres"
+PGPOOLKIT_DSN="host=127.0.0.1 dbname=postgres user=postgres" python examples/transaction_mode.py
 """
 
 from __future__ import annotations
 
-import sys
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import psycopg
 from psycopg.rows import dict_row
 
 import pgpoolkit
+
+#: the server: a libpq connection string (PGHOST, PGUSER... fill in what it leaves out)
+DSN = os.environ.get("PGPOOLKIT_DSN", "dbname=postgres")
 
 
 def main(dsn: str) -> None:
@@ -51,4 +54,4 @@ def main(dsn: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "")
+    main(DSN)

@@ -1,0 +1,1 @@
+"""A FastAPI application on a pgpoolkit AsyncPool: see app.py and README.md."""
