@@ -60,7 +60,7 @@ class PoolManager:
 
     ``conninfo`` is the server's (the pools' databases and users are given per pool);
     ``pool_options`` are defaults for every pool (``timeout``, ``max_lifetime``...). Use it as
-    an async context manager, or call :meth:`open` and :meth:`close`::
+    a context manager (``with``), or call :meth:`open` and :meth:`close`::
 
         with PoolManager("host=db user=admin") as manager:
             app = manager.create_pool("app", database="app", size=12)

@@ -58,7 +58,7 @@ class AsyncPoolManager:
 
     ``conninfo`` is the server's (the pools' databases and users are given per pool);
     ``pool_options`` are defaults for every pool (``timeout``, ``max_lifetime``...). Use it as
-    an async context manager, or call :meth:`open` and :meth:`close`::
+    a context manager (``async with``), or call :meth:`open` and :meth:`close`::
 
         async with AsyncPoolManager("host=db user=admin") as manager:
             app = await manager.create_pool("app", database="app", size=12)

@@ -103,7 +103,7 @@ class AsyncPool:
     on open pooled connections, PgBouncer's max_client_conn; 0: none) and
     ``idle_in_transaction_timeout`` (seconds a pooled connection may sit idle inside a
     transaction before the pool rolls it back and takes its server connection; None: never).
-    Use it as an async context manager, or call :meth:`open` and :meth:`close`::
+    Use it as a context manager (``async with``), or call :meth:`open` and :meth:`close`::
 
         async with AsyncPool("dbname=app", max_size=10) as pool:
             async with pool.connection() as conn:
@@ -112,7 +112,7 @@ class AsyncPool:
     ``conninfo`` and ``kwargs`` may be callables returning them, called at every new
     connection (for rotating credentials). ``configure(conn)`` runs on every new connection,
     ``check(conn)`` on every checkout (raise to have the connection replaced), ``reset(conn)``
-    on every return after the rollback; they are coroutine functions here.
+    on every return after the rollback (coroutine functions in AsyncPool).
     """
 
     #: a returned connection is closed, not kept idle (psycopg_pool's null pools: compat.py)
