@@ -220,6 +220,17 @@ def test_json_serializer(dsn: str, mode: str) -> None:
             assert row == ({"b": 2},)
 
 
+def test_native_inet_types_off(dsn: str) -> None:
+    """native_inet_types=False (inet read as str) reaches the pooled connections too."""
+    with Pool(dsn, mode="transaction", min_size=1, max_size=1) as pool:
+        engine = create_engine(pool, native_inet_types=False)
+        for _ in range(2):
+            with engine.connect() as conn:
+                value = conn.execute(text("SELECT '10.0.0.1'::inet")).scalar_one()
+                assert value == "10.0.0.1"
+        engine.dispose()
+
+
 async def test_json_serializer_asyncio(dsn: str) -> None:
     async with AsyncPool(dsn, mode="transaction", min_size=1, max_size=2) as pool:
         engine = create_async_engine(pool, json_serializer=wrap_dumps, json_deserializer=wrap_loads)
