@@ -8,9 +8,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -26,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncSession  # noqa: E402
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column  # noqa: E402
 from sqlalchemy.pool import NullPool, QueuePool  # noqa: E402
 
+import pgpoolkit  # noqa: E402
 from conftest import server_connections  # noqa: E402
 from pgpoolkit import AsyncPool, Pool, PoolTimeout  # noqa: E402
 from pgpoolkit.sqlalchemy import (  # noqa: E402
@@ -479,11 +484,47 @@ def test_url_names_a_registered_pool(dsn: str) -> None:
         assert pool.stats().clients_open == 0
 
 
-def test_url_takes_no_server(dsn: str) -> None:
+def test_url_takes_no_server() -> None:
     with pytest.raises(ArgumentError, match="takes its server from the pool"):
         sa.create_engine("postgresql+pgpoolkit://user@db.example.com/app")
     with pytest.raises(ArgumentError, match="takes no parameter but pool"):
         sa.create_engine("postgresql+pgpoolkit:///?sslmode=require")
+
+
+def test_entry_point_registers_the_dialect(tmp_path: Path) -> None:
+    """pyproject's sqlalchemy.dialects entry point names the dialect: a process that never
+    imports pgpoolkit.sqlalchemy gets it from a URL, sync and async."""
+    tomllib = pytest.importorskip("tomllib")
+    with open(Path(__file__).parents[1] / "pyproject.toml", "rb") as f:
+        entry_points = tomllib.load(f)["project"]["entry-points"]["sqlalchemy.dialects"]
+    dist = tmp_path / "pgpoolkit_entry_points-0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: pgpoolkit-entry-points\nVersion: 0\n"
+    )
+    (dist / "entry_points.txt").write_text(
+        "[sqlalchemy.dialects]\n" + "".join(f"{k} = {v}\n" for k, v in entry_points.items())
+    )
+    code = (
+        "import sys, sqlalchemy\n"
+        "from sqlalchemy.ext.asyncio import create_async_engine\n"
+        "assert 'pgpoolkit.integrations.sqlalchemy' not in sys.modules\n"
+        "for engine in (sqlalchemy.create_engine('postgresql+pgpoolkit:///?pool=app'),\n"
+        "               create_async_engine('postgresql+pgpoolkit:///?pool=app')):\n"
+        "    print(type(engine.dialect).__name__, type(engine.pool).__name__)\n"
+    )
+    src = str(Path(pgpoolkit.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), src])}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [
+        "PGDialect_pgpoolkit",
+        "NullPool",
+        "PGDialectAsync_pgpoolkit",
+        "NullPool",
+    ]
 
 
 async def test_helpers_check_the_pool_kind(dsn: str) -> None:
