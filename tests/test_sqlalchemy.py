@@ -299,6 +299,7 @@ def test_statement_mode_hstore_lookup(hstore_dsn: str) -> None:
 
 
 @pytest.mark.xfail(
+    psycopg.pq.__impl__ != "python",
     strict=True,
     raises=TypeError,
     reason="library: with psycopg's C implementation, a loader made while reading rows after "
@@ -309,8 +310,6 @@ def test_statement_mode_hstore_lookup(hstore_dsn: str) -> None:
 def test_record_read_in_autocommit(dsn: str, mode: str) -> None:
     """Reading a record in autocommit in transaction or statement mode: the rows are loaded
     after the client released its server connection."""
-    if psycopg.pq.__impl__ == "python":
-        pytest.xfail("the python implementation makes no C loader: no failure to show")
     with Pool(dsn, mode=mode, min_size=1, max_size=2) as pool:
         engine = create_engine(pool, isolation_level="AUTOCOMMIT")
         try:
