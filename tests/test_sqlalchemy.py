@@ -32,7 +32,7 @@ from sqlalchemy.pool import NullPool, QueuePool  # noqa: E402
 
 import pgpoolkit  # noqa: E402
 from conftest import server_connections  # noqa: E402
-from pgpoolkit import AsyncPool, Pool, PoolTimeout  # noqa: E402
+from pgpoolkit import AsyncPool, Pool, PoolManager, PoolTimeout  # noqa: E402
 from pgpoolkit.sqlalchemy import (  # noqa: E402
     create_async_engine,
     create_engine,
@@ -481,6 +481,24 @@ def test_url_names_a_registered_pool(dsn: str) -> None:
             unregister_pool(name)
         engine.dispose()
         assert pool.stats().clients_open == 0
+
+
+def test_pool_manager_pool(dsn: str) -> None:
+    """A PoolManager's pool, by object and by registered name."""
+    with PoolManager(dsn, budget=4) as manager:
+        pool = manager.create_pool(f"sa-{uuid.uuid4().hex[:8]}", size=2)
+        engine = create_engine(pool)
+        register_pool(pool)
+        by_name = sa.create_engine(f"postgresql+pgpoolkit:///?pool={pool.name}")
+        try:
+            for each in (engine, by_name):
+                with Session(each) as session, session.begin():
+                    assert session.execute(text("SELECT 1")).scalar_one() == 1
+        finally:
+            unregister_pool(pool.name)
+        engine.dispose()
+        by_name.dispose()
+        assert pool.stats().clients_open == 0 and pool.stats().servers_active == 0
 
 
 def test_url_takes_no_server() -> None:
