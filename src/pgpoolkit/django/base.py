@@ -1,0 +1,195 @@
+"""Django's PostgreSQL backend on a pgpoolkit pool (``ENGINE: "pgpoolkit.django"``).
+
+Everything is Django's ``django.db.backends.postgresql`` backend (features, operations,
+introspection, schema editor, ``vendor = "postgresql"`` so that ``django.contrib.postgres``
+works) except where a connection comes from and goes back to:
+
+- ``pool``: one :class:`pgpoolkit.Pool` per database alias per process, built on first use
+  from the alias's settings and ``OPTIONS["pool"]`` (Django's keys, which are psycopg_pool's,
+  plus pgpoolkit's: ``mode``, ``max_clients``, ``idle_in_transaction_timeout``...), closed by
+  ``close_pool()`` as Django's is;
+- ``get_new_connection()``: ``pool.connect()``, a pooled ``psycopg.Connection`` that in
+  transaction mode holds a server connection only while a transaction (or an autocommit
+  statement) runs; ``_close()`` closes it, which gives its server connection back;
+- the per-connection settings Django applies with ``SET`` on every connection it opens (the
+  time zone, ``OPTIONS["assume_role"]``) are startup parameters of the server connections
+  instead (``options="-c TimeZone=... -c role=..."``): each server connection has them from the
+  start, a reset (``DISCARD ALL``) keeps them, and a request never changes session state, so it
+  never pays a reset;
+- named (server-side) cursors are made through the pooled connection, so that the pool sees
+  them (a ``WITH HOLD`` cursor is session state) and, in transaction mode, they run on the
+  server connection their transaction holds.
+
+Without ``OPTIONS["pool"]`` the backend pools with pgpoolkit's defaults (session mode,
+``min_size=4``); ``"pool": False`` turns pooling off (Django's plain backend).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any, ClassVar
+
+import psycopg
+from django.core.exceptions import ImproperlyConfigured
+from django.db.backends.base.base import NO_DB_ALIAS
+from django.db.backends.postgresql import base as postgresql
+from django.db.backends.postgresql.psycopg_any import IsolationLevel, register_tzloader
+from django.utils.asyncio import async_unsafe
+from psycopg.pq import Format
+
+from ..connection import PooledConnection
+from ..pool import Pool
+
+__all__ = ["DatabaseWrapper"]
+
+#: Pool parameters the backend sets itself, and where the setting goes instead
+_RESERVED = {
+    "conninfo": "the connection comes from NAME, USER, PASSWORD, HOST, PORT and OPTIONS",
+    "kwargs": "connection parameters go in OPTIONS, beside 'pool'",
+    "open": "the pool opens at the first connection",
+}
+
+
+def startup_option(name: str, value: str) -> str:
+    """One ``-c name=value`` of libpq's ``options`` (spaces and backslashes escaped)."""
+    escaped = value.replace("\\", "\\\\").replace(" ", "\\ ")
+    return f"-c {name}={escaped}"
+
+
+class DatabaseWrapper(postgresql.DatabaseWrapper):
+    """Django's PostgreSQL ``DatabaseWrapper`` whose connections come from a pgpoolkit pool.
+
+    ``connections[alias].pool`` is the alias's :class:`pgpoolkit.Pool` (``pool.stats()``), or
+    None when pooling is off (``OPTIONS["pool"] = False``).
+    """
+
+    display_name = "PostgreSQL (pgpoolkit)"
+
+    #: alias -> its pool, in this process (Django's own dict is its backend's)
+    _connection_pools: ClassVar[dict[str, Pool]] = {}
+    _pools_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    # -- the pool ---------------------------------------------------------------------------------
+
+    @property
+    def pool(self) -> Pool | None:
+        """The alias's pool (made at first use, opened at the first connection), or None."""
+        if self.alias == NO_DB_ALIAS:
+            return None
+        options = self.settings_dict["OPTIONS"].get("pool", True)
+        if options is False or options is None:
+            return None
+        pool = self._connection_pools.get(self.alias)
+        if pool is None:
+            with self._pools_lock:
+                pool = self._connection_pools.get(self.alias)
+                if pool is None:
+                    pool = self._connection_pools[self.alias] = self._make_pool(options)
+        return pool
+
+    def _make_pool(self, options: Any) -> Pool:
+        where = f"DATABASES[{self.alias!r}]['OPTIONS']['pool']"
+        if self.settings_dict.get("CONN_MAX_AGE", 0) != 0:
+            raise ImproperlyConfigured(
+                f"DATABASES[{self.alias!r}]: pooling doesn't support persistent connections: "
+                "set CONN_MAX_AGE to 0 (the pool keeps the server connections open), or "
+                "'pool': False"
+            )
+        if options is True:
+            options = {}
+        if not isinstance(options, dict):
+            raise ImproperlyConfigured(
+                f"{where} must be a dict of pool parameters or True, not {options!r}"
+            )
+        options = dict(options)
+        for key, instead in _RESERVED.items():
+            if key in options:
+                raise ImproperlyConfigured(f"{where}: {key!r} is not accepted here: {instead}")
+        if "check" not in options and self.settings_dict["CONN_HEALTH_CHECKS"]:
+            options["check"] = Pool.check_connection
+        options.setdefault("name", f"django-{self.alias}")
+        try:
+            return Pool(kwargs=self._pool_kwargs(), open=False, **options)
+        except (TypeError, ValueError) as ex:
+            raise ImproperlyConfigured(f"{where}: {ex}") from ex
+
+    def _pool_kwargs(self) -> dict[str, Any]:
+        """The server connections' parameters: Django's, with the settings Django would SET on
+        each connection given as startup parameters."""
+        kwargs = self.get_connection_params()
+        # Server connections idle in autocommit: the pool's configure callback (if any) runs
+        # outside a transaction, and Django sets each connection's autocommit itself.
+        kwargs["autocommit"] = True
+        # prepare_threshold: Django's default (None, psycopg's prepared statements off, which
+        # only server_side_binding cursors use), or OPTIONS["prepare_threshold"]. Safe in
+        # every mode: a client uses the prepared statements of the server connection it holds.
+        startup = [kwargs["options"]] if kwargs.get("options") else []
+        if self.timezone_name:
+            startup.append(startup_option("TimeZone", self.timezone_name))
+        role = self.settings_dict["OPTIONS"].get("assume_role")
+        if role:
+            startup.append(startup_option("role", role))
+        if startup:
+            kwargs["options"] = " ".join(startup)
+        return kwargs
+
+    def close_pool(self) -> None:
+        """Close the alias's pool, if it was made (the next connection makes a new one)."""
+        with self._pools_lock:
+            pool = self._connection_pools.pop(self.alias, None)
+        if pool is not None:
+            pool.close()
+
+    # -- connections ------------------------------------------------------------------------------
+
+    @async_unsafe
+    def get_new_connection(self, conn_params: Any) -> Any:
+        pool = self.pool
+        if pool is None:
+            return super().get_new_connection(conn_params)
+        # As Django's: self.isolation_level is what OPTIONS says, or READ COMMITTED.
+        options = self.settings_dict["OPTIONS"]
+        chosen = "isolation_level" in options
+        if chosen:
+            try:
+                self.isolation_level = IsolationLevel(options["isolation_level"])
+            except ValueError:
+                raise ImproperlyConfigured(
+                    f"Invalid transaction isolation level {options['isolation_level']} "
+                    "specified. Use one of the psycopg.IsolationLevel values."
+                ) from None
+        else:
+            self.isolation_level = IsolationLevel.READ_COMMITTED
+        pool.open()  # opening an open pool does nothing
+        connection = pool.connect()
+        if options.get("server_side_binding") is not True:
+            # the cursor class Django instantiates itself for named cursors: made by the
+            # connection instead (create_cursor), so that the pool sees them
+            connection.server_cursor_factory = postgresql.ServerSideCursor
+        if chosen:
+            # a setting of the client's connection object, sent with each BEGIN: nothing on
+            # the server connection to reset
+            connection.isolation_level = psycopg.IsolationLevel(self.isolation_level)
+        return connection
+
+    @async_unsafe
+    def create_cursor(self, name: str | None = None) -> Any:
+        connection = self.connection
+        if not name or not isinstance(connection, PooledConnection):
+            return super().create_cursor(name)
+        # Django's named cursor (QuerySet.iterator()), from the pooled connection's
+        # server_cursor_factory (see get_new_connection); WITH HOLD in autocommit, as Django's.
+        cursor = connection.cursor(name, scrollable=False, withhold=connection.autocommit)
+        tzloader = connection.adapters.get_loader(postgresql.TIMESTAMPTZ_OID, Format.TEXT)
+        if self.timezone != getattr(tzloader, "timezone", None):
+            register_tzloader(self.timezone, cursor)
+        return cursor
+
+    def _close(self) -> None:
+        connection = self.connection
+        if not isinstance(connection, PooledConnection):
+            super()._close()  # type: ignore[misc]
+            return
+        with self.wrap_database_errors:
+            connection.close()  # the server connection goes back to the pool
+            self.connection = None
