@@ -9,6 +9,7 @@ server-side binding), each with its own pool.
 
 from __future__ import annotations
 
+import io
 import json
 import threading
 import time
@@ -25,7 +26,7 @@ django = pytest.importorskip("django", minversion="5.1")
 
 from django.core.exceptions import ImproperlyConfigured  # noqa: E402
 from django.core.handlers.wsgi import WSGIHandler  # noqa: E402
-from django.db import OperationalError, connections, transaction  # noqa: E402
+from django.db import IntegrityError, OperationalError, connections, transaction  # noqa: E402
 
 from conftest import server_connections  # noqa: E402
 from django_project import settings as project  # noqa: E402
@@ -198,10 +199,39 @@ def model() -> Any:
 def test_migrate_ran_as_the_assumed_role(alias: str) -> None:
     from django.db.migrations.recorder import MigrationRecorder
 
-    assert ("items", "0001_initial") in MigrationRecorder(connections[alias]).applied_migrations()
+    applied = MigrationRecorder(connections[alias]).applied_migrations()
+    assert {("items", "0001_initial"), ("items", "0002_constraint_and_note")} <= set(applied)
     with connections[alias].cursor() as cursor:
         cursor.execute("SELECT tableowner FROM pg_tables WHERE tablename = 'items_item'")
         assert cursor.fetchone() == (project.OWNER,)
+    with pytest.raises(IntegrityError, match="items_quantity_not_negative"):
+        model().objects.using(alias).create(name="negative", quantity=-1)
+
+
+@pytest.mark.parametrize("alias", ALIASES)
+def test_sqlmigrate_composes_literals(alias: str) -> None:
+    """sqlmigrate writes the SQL with its literals merged in, running none of it (in
+    transaction mode: holding no server connection)."""
+    from django.core.management import call_command
+
+    out = io.StringIO()
+    call_command("sqlmigrate", "items", "0002", database=alias, stdout=out)
+    text = out.getvalue()
+    assert "CHECK" in text and '"quantity" >= 0' in text
+    assert "DEFAULT 'it''s new'" in text
+
+
+@pytest.mark.parametrize("alias", ["default", "prepared"])
+def test_debug_cursor_logs_the_queries(alias: str) -> None:
+    """The queries Django logs (DEBUG, assertNumQueries) show their parameters: with
+    server-side binding Django composes them itself, after the statement ran (in transaction
+    mode, when the connection already gave its server connection back)."""
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connections[alias]) as queries:
+        model().objects.using(alias).filter(name="it's").exists()
+    assert len(queries.captured_queries) == 1
+    assert "'it''s'" in queries.captured_queries[0]["sql"]
 
 
 @pytest.mark.parametrize("alias", ALIASES)
@@ -380,20 +410,30 @@ def test_a_request_that_changes_the_session_is_reset(
 @pytest.mark.parametrize("alias", ALIASES)
 @pytest.mark.parametrize("atomic", [False, True], ids=["autocommit", "atomic"])
 def test_iterator_uses_a_server_side_cursor(alias: str, atomic: bool) -> None:
-    """QuerySet.iterator() reads through a named cursor (WITH HOLD in autocommit, as Django
-    makes it): made by the pooled connection, it runs on its server connection in either
-    mode."""
+    """QuerySet.iterator() reads through a named cursor, made by the pooled connection: it runs
+    on the server connection the client holds, in either mode. Outside a transaction Django
+    declares it WITH HOLD, which outlives the transaction: session state, so the connection
+    is reset when it is closed (and, in transaction mode, pinned until then); inside
+    ``atomic()`` it costs nothing."""
     items = model().objects.using(alias)
     tag = uuid.uuid4().hex[:8]
     item = model()
     items.bulk_create([item(name=f"{tag}-{i:02}") for i in range(25)])
     query = items.filter(name__startswith=tag).order_by("name").values_list("name", flat=True)
+    count = resets(alias)
     if atomic:
         with transaction.atomic(using=alias):
             names = list(query.iterator(chunk_size=7))
     else:
         names = list(query.iterator(chunk_size=7))
     assert names == [f"{tag}-{i:02}" for i in range(25)]
+    if alias == "default":  # session mode: bound until closed
+        assert connections[alias].connection.state is ClientState.BOUND
+    else:
+        expected = ClientState.IDLE if atomic else ClientState.PINNED
+        assert connections[alias].connection.state is expected
+    connections[alias].close()
+    assert count() == (0 if atomic else 1)
     items.filter(name__startswith=tag).delete()
 
 

@@ -18,7 +18,12 @@ works) except where a connection comes from and goes back to:
   never pays a reset;
 - named (server-side) cursors are made through the pooled connection, so that the pool sees
   them (a ``WITH HOLD`` cursor is session state) and, in transaction mode, they run on the
-  server connection their transaction holds.
+  server connection their transaction holds;
+- SQL composed with literals outside a transaction (``ops.compose_sql()``: the debug cursor's
+  log with ``server_side_binding``, ``sqlmigrate``; ``schema_editor.quote_value()``: check
+  constraints, partial indexes), which libpq escapes with a server connection, is escaped
+  without one by a transaction-mode connection holding none (quotes and backslashes escaped as
+  psycopg does for SQL written to a file), instead of failing.
 
 Without ``OPTIONS["pool"]`` the backend pools with pgpoolkit's defaults (session mode,
 ``min_size=4``); ``"pool": False`` turns pooling off (Django's plain backend).
@@ -33,11 +38,16 @@ import psycopg
 from django.core.exceptions import ImproperlyConfigured
 from django.db.backends.base.base import NO_DB_ALIAS
 from django.db.backends.postgresql import base as postgresql
+from django.db.backends.postgresql.operations import DatabaseOperations as PostgresOperations
 from django.db.backends.postgresql.psycopg_any import IsolationLevel, register_tzloader
+from django.db.backends.postgresql.schema import DatabaseSchemaEditor as PostgresSchemaEditor
 from django.utils.asyncio import async_unsafe
+from psycopg import ClientCursor
 from psycopg.pq import Format
+from psycopg.sql import quote
 
 from ..connection import PooledConnection
+from ..policies import ClientState
 from ..pool import Pool
 
 __all__ = ["DatabaseWrapper"]
@@ -56,6 +66,45 @@ def startup_option(name: str, value: str) -> str:
     return f"-c {name}={escaped}"
 
 
+def between_transactions(connection: Any) -> bool:
+    """A transaction-mode pooled connection holding no server connection now (libpq's escaping
+    needs one)."""
+    return isinstance(connection, PooledConnection) and connection.state is ClientState.IDLE
+
+
+class _NoServerCursor(ClientCursor[Any]):
+    """A client-side-binding cursor whose adapters see no connection: it merges parameters
+    into a query as psycopg does for SQL written to a file (``mogrify()`` only)."""
+
+    @property
+    def connection(self) -> Any:
+        return None
+
+
+class DatabaseOperations(PostgresOperations):
+    """Django's PostgreSQL operations; ``compose_sql()`` works between transactions."""
+
+    def compose_sql(self, sql: str, params: Any) -> str:
+        self.connection.ensure_connection()
+        connection = self.connection.connection
+        if between_transactions(connection):
+            return _NoServerCursor(connection).mogrify(sql, params)
+        return str(super().compose_sql(sql, params))
+
+
+class DatabaseSchemaEditor(PostgresSchemaEditor):
+    """Django's PostgreSQL schema editor; ``quote_value()`` works between transactions."""
+
+    def quote_value(self, value: Any) -> str:
+        self.connection.ensure_connection()
+        connection = self.connection.connection
+        if not between_transactions(connection):
+            return str(super().quote_value(value))
+        if isinstance(value, str):
+            value = value.replace("%", "%%")  # as Django's
+        return quote(value, connection.adapters)  # the client's adapters, no connection
+
+
 class DatabaseWrapper(postgresql.DatabaseWrapper):
     """Django's PostgreSQL ``DatabaseWrapper`` whose connections come from a pgpoolkit pool.
 
@@ -64,6 +113,8 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
     """
 
     display_name = "PostgreSQL (pgpoolkit)"
+    ops_class = DatabaseOperations
+    SchemaEditorClass = DatabaseSchemaEditor
 
     #: alias -> its pool, in this process (Django's own dict is its backend's)
     _connection_pools: ClassVar[dict[str, Pool]] = {}
