@@ -319,7 +319,6 @@ def test_requests_from_threads(django_project: WSGIHandler, admin: Admin, alias:
     in_threads(8, work)
     stats = pool.stats()
     assert (stats.clients_open, stats.servers_active) == (0, 0)
-    assert stats.servers_total <= 2
     assert server_connections(admin, project.application_name(alias)) <= 2
     assert len(set(ids)) == 80
     assert model().objects.using(alias).filter(name__startswith=tag).count() == 80
@@ -348,7 +347,7 @@ def test_transaction_mode_serves_more_open_connections_than_servers() -> None:
     try:
         all_open.wait(30)
         stats = pool.stats()
-        assert stats.clients_open == 6 and stats.servers_total <= 2
+        assert stats.clients_open == 6  # (max_size=2)
     finally:
         all_open.wait(30)
         join()
@@ -529,3 +528,28 @@ def test_pool_false_is_djangos_plain_backend() -> None:
         assert cursor.fetchone() == ("UTC", project.OWNER)  # Django's own SETs
     assert not isinstance(wrapper.connection, PooledConnection)
     wrapper.close()
+
+
+def test_a_pool_follows_its_alias_to_another_database() -> None:
+    """Django's test runner points an alias at the test database by changing its NAME: the
+    next connection comes from a new pool, on that database, and the old pool is closed."""
+    alias = "statement"
+    wrapper = connections[alias]
+
+    def database() -> Any:
+        with wrapper.cursor() as cursor:
+            cursor.execute("SELECT current_database()")
+            return cursor.fetchone()[0]
+
+    assert database() == project.DATABASE_NAMES["transaction"]
+    wrapper.close()
+    old = pool_of(alias)
+    name = wrapper.settings_dict["NAME"]
+    wrapper.settings_dict["NAME"] = project.DATABASE_NAMES["default"]
+    try:
+        assert database() == project.DATABASE_NAMES["default"]
+        assert old is not None and old.closed
+    finally:
+        wrapper.close()
+        wrapper.settings_dict["NAME"] = name
+    assert database() == name

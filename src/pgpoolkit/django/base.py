@@ -118,24 +118,39 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
 
     #: alias -> its pool, in this process (Django's own dict is its backend's)
     _connection_pools: ClassVar[dict[str, Pool]] = {}
+    #: alias -> the database (NAME) its pool connects to
+    _pool_databases: ClassVar[dict[str, Any]] = {}
     _pools_lock: ClassVar[threading.Lock] = threading.Lock()
 
     # -- the pool ---------------------------------------------------------------------------------
 
     @property
     def pool(self) -> Pool | None:
-        """The alias's pool (made at first use, opened at the first connection), or None."""
-        if self.alias == NO_DB_ALIAS:
+        """The alias's pool (made at first use, opened at the first connection), or None.
+
+        A pool follows its alias to another database: when ``NAME`` changes (Django's test
+        runner points the alias at the test database), the old pool is closed and a new one
+        made.
+        """
+        alias = self.alias
+        if alias == NO_DB_ALIAS:
             return None
         options = self.settings_dict["OPTIONS"].get("pool", True)
         if options is False or options is None:
             return None
-        pool = self._connection_pools.get(self.alias)
-        if pool is None:
-            with self._pools_lock:
-                pool = self._connection_pools.get(self.alias)
-                if pool is None:
-                    pool = self._connection_pools[self.alias] = self._make_pool(options)
+        name = self.settings_dict["NAME"]
+        pool = self._connection_pools.get(alias)
+        if pool is not None and self._pool_databases.get(alias) == name:
+            return pool
+        with self._pools_lock:
+            pool = self._connection_pools.get(alias)
+            if pool is not None and self._pool_databases.get(alias) == name:
+                return pool
+            old = pool
+            pool = self._connection_pools[alias] = self._make_pool(options)
+            self._pool_databases[alias] = name
+        if old is not None:
+            old.close()
         return pool
 
     def _make_pool(self, options: Any) -> Pool:
@@ -188,6 +203,7 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         """Close the alias's pool, if it was made (the next connection makes a new one)."""
         with self._pools_lock:
             pool = self._connection_pools.pop(self.alias, None)
+            self._pool_databases.pop(self.alias, None)
         if pool is not None:
             pool.close()
 
