@@ -553,4 +553,3 @@ def test_a_pool_follows_its_alias_to_another_database() -> None:
         wrapper.close()
         wrapper.settings_dict["NAME"] = name
     assert database() == name
-
