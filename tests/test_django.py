@@ -11,10 +11,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from wsgiref.util import setup_testing_defaults
 
@@ -553,3 +557,35 @@ def test_a_pool_follows_its_alias_to_another_database() -> None:
         wrapper.close()
         wrapper.settings_dict["NAME"] = name
     assert database() == name
+
+
+# -- Django's test runner -------------------------------------------------------------------------
+
+
+def test_djangos_test_runner(dsn: str, admin: Admin) -> None:
+    """``manage.py test`` on the backend (tests/django_project/items/tests.py, in a process of
+    its own: Django's settings are process-wide): the runner makes a test database per alias,
+    migrates it through the alias's pool, runs TestCase (each test in a transaction rolled back)
+    and TransactionTestCase tests, and drops the test databases at the end, which fails if a
+    server connection is still on them."""
+    tests_dir = Path(__file__).parent
+    env = {
+        **os.environ,
+        "PGPOOLKIT_DJANGO_DSN": dsn,
+        "PYTHONPATH": os.pathsep.join([str(tests_dir.parent / "src"), str(tests_dir)]),
+    }
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "django", "test", "django_project.items", "-v", "2"],
+        cwd=tests_dir,
+        env={**env, "DJANGO_SETTINGS_MODULE": "django_project.runner_settings"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Ran 4 tests" in done.stderr and "OK" in done.stderr
+    left = admin.execute(
+        "SELECT datname FROM pg_database WHERE datname LIKE %s", ("test_pgpk_dj_runner%",)
+    ).fetchall()
+    assert left == []
