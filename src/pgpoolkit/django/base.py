@@ -229,14 +229,18 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
             self.isolation_level = IsolationLevel.READ_COMMITTED
         pool.open()  # opening an open pool does nothing
         connection = pool.connect()
-        if options.get("server_side_binding") is not True:
-            # the cursor class Django instantiates itself for named cursors: made by the
-            # connection instead (create_cursor), so that the pool sees them
-            connection.server_cursor_factory = postgresql.ServerSideCursor
-        if chosen:
-            # a setting of the client's connection object, sent with each BEGIN: nothing on
-            # the server connection to reset
-            connection.isolation_level = psycopg.IsolationLevel(self.isolation_level)
+        try:
+            if options.get("server_side_binding") is not True:
+                # the cursor class Django instantiates itself for named cursors: made by the
+                # connection instead (create_cursor), so that the pool sees them
+                connection.server_cursor_factory = postgresql.ServerSideCursor
+            if chosen:
+                # a setting of the client's connection object, sent with each BEGIN: nothing
+                # on the server connection to reset
+                connection.isolation_level = psycopg.IsolationLevel(self.isolation_level)
+        except BaseException:
+            connection.close()
+            raise
         return connection
 
     @async_unsafe
