@@ -407,6 +407,47 @@ def test_a_request_that_changes_the_session_is_reset(
     assert count() == 1
 
 
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_settings_through_configure_without_startup_parameters(mode: str) -> None:
+    """``"startup_parameters": False`` (for a proxy that refuses them): the pool's configure
+    callback sets the time zone and the role on each new server connection, and again after a
+    reset, never on a request."""
+    configured: list[object] = []
+    wrapper = wrapper_with(
+        OPTIONS={
+            "pool": {
+                "mode": mode,
+                "min_size": 1,
+                "max_size": 1,
+                "startup_parameters": False,
+                "configure": configured.append,  # runs after the backend's
+            }
+        }
+    )
+
+    def session() -> Any:
+        with wrapper.cursor() as cursor:
+            cursor.execute("SELECT current_setting('TimeZone'), current_user")
+            answer = cursor.fetchone()
+        wrapper.close()
+        return answer
+
+    try:
+        pool = wrapper.pool
+        assert "TimeZone" not in pool.kwargs.get("options", "")
+        for _ in range(5):
+            assert session() == ("UTC", project.OWNER)
+        assert len(configured) == pool.stats().connections_opened_total  # no reset
+        with wrapper.cursor() as cursor:
+            cursor.execute("CREATE TEMP TABLE scratch (x int)")
+        wrapper.close()  # a reset: DISCARD ALL, then configure again
+        assert len(configured) == pool.stats().connections_opened_total + 1
+        assert session() == ("UTC", project.OWNER)
+    finally:
+        wrapper.close()
+        wrapper.close_pool()
+
+
 # -- cursors, prepared statements, statement mode ----------------------------------------------
 
 
@@ -515,6 +556,7 @@ def wrapper_with(**changes: Any) -> Any:
         ({"OPTIONS": {"pool": {"mode": "sessions"}}}, "mode"),
         ({"OPTIONS": {"pool": {"kwargs": {}}}}, "'kwargs' is not accepted"),
         ({"OPTIONS": {"pool": 10}}, "must be a dict"),
+        ({"OPTIONS": {"pool": {"startup_parameters": "no"}}}, "startup_parameters"),
         ({"CONN_MAX_AGE": 60}, "CONN_MAX_AGE"),
     ],
 )

@@ -15,7 +15,9 @@ works) except where a connection comes from and goes back to:
   time zone, ``OPTIONS["assume_role"]``) are startup parameters of the server connections
   instead (``options="-c TimeZone=... -c role=..."``): each server connection has them from the
   start, a reset (``DISCARD ALL``) keeps them, and a request never changes session state, so it
-  never pays a reset;
+  never pays a reset. With ``OPTIONS["pool"]["startup_parameters"] = False`` (for a proxy that
+  refuses startup parameters) the pool's ``configure`` callback SETs them instead, on each new
+  server connection and again after a reset: never on a request either;
 - named (server-side) cursors are made through the pooled connection, so that the pool sees
   them (a ``WITH HOLD`` cursor is session state) and, in transaction mode, they run on the
   server connection their transaction holds;
@@ -44,7 +46,7 @@ from django.db.backends.postgresql.schema import DatabaseSchemaEditor as Postgre
 from django.utils.asyncio import async_unsafe
 from psycopg import ClientCursor
 from psycopg.pq import Format
-from psycopg.sql import quote
+from psycopg.sql import SQL, Literal, quote
 
 from ..connection import PooledConnection
 from ..policies import ClientState
@@ -64,6 +66,25 @@ def startup_option(name: str, value: str) -> str:
     """One ``-c name=value`` of libpq's ``options`` (spaces and backslashes escaped)."""
     escaped = value.replace("\\", "\\\\").replace(" ", "\\ ")
     return f"-c {name}={escaped}"
+
+
+def _configure_with(settings: dict[str, str], then: Any) -> Any:
+    """A pool ``configure`` callback that SETs ``settings`` (what differs from what the server
+    reports, the role always) on each new server connection and after each reset, then calls
+    ``then`` (the user's callback), if any."""
+    statements = {
+        "TimeZone": SQL("SET TIME ZONE {}"),
+        "role": SQL("SET ROLE {}"),
+    }
+
+    def configure(conn: psycopg.Connection[Any]) -> None:
+        for name, value in settings.items():
+            if name == "role" or conn.info.parameter_status(name) != value:
+                conn.execute(statements[name].format(Literal(value)))
+        if then is not None:
+            then(conn)
+
+    return configure
 
 
 def between_transactions(connection: Any) -> bool:
@@ -171,17 +192,35 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         for key, instead in _RESERVED.items():
             if key in options:
                 raise ImproperlyConfigured(f"{where}: {key!r} is not accepted here: {instead}")
+        startup = options.pop("startup_parameters", True)
+        if not isinstance(startup, bool):
+            raise ImproperlyConfigured(f"{where}: 'startup_parameters' must be True or False")
+        settings = self._session_settings()
+        if not startup and settings:
+            options["configure"] = _configure_with(settings, options.get("configure"))
         if "check" not in options and self.settings_dict["CONN_HEALTH_CHECKS"]:
             options["check"] = Pool.check_connection
         options.setdefault("name", f"django-{self.alias}")
         try:
-            return Pool(kwargs=self._pool_kwargs(), open=False, **options)
+            return Pool(
+                kwargs=self._pool_kwargs(settings if startup else {}), open=False, **options
+            )
         except (TypeError, ValueError) as ex:
             raise ImproperlyConfigured(f"{where}: {ex}") from ex
 
-    def _pool_kwargs(self) -> dict[str, Any]:
-        """The server connections' parameters: Django's, with the settings Django would SET on
-        each connection given as startup parameters."""
+    def _session_settings(self) -> dict[str, str]:
+        """What Django would SET on each connection: the time zone, the role to assume."""
+        settings = {}
+        if self.timezone_name:
+            settings["TimeZone"] = self.timezone_name
+        role = self.settings_dict["OPTIONS"].get("assume_role")
+        if role:
+            settings["role"] = role
+        return settings
+
+    def _pool_kwargs(self, startup: dict[str, str]) -> dict[str, Any]:
+        """The server connections' parameters: Django's, with ``startup`` (the settings Django
+        would SET on each connection) as startup parameters."""
         kwargs = self.get_connection_params()
         # Server connections idle in autocommit: the pool's configure callback (if any) runs
         # outside a transaction, and Django sets each connection's autocommit itself.
@@ -189,14 +228,10 @@ class DatabaseWrapper(postgresql.DatabaseWrapper):
         # prepare_threshold: Django's default (None, psycopg's prepared statements off, which
         # only server_side_binding cursors use), or OPTIONS["prepare_threshold"]. Safe in
         # every mode: a client uses the prepared statements of the server connection it holds.
-        startup = [kwargs["options"]] if kwargs.get("options") else []
-        if self.timezone_name:
-            startup.append(startup_option("TimeZone", self.timezone_name))
-        role = self.settings_dict["OPTIONS"].get("assume_role")
-        if role:
-            startup.append(startup_option("role", role))
-        if startup:
-            kwargs["options"] = " ".join(startup)
+        options = [kwargs["options"]] if kwargs.get("options") else []
+        options += [startup_option(name, value) for name, value in startup.items()]
+        if options:
+            kwargs["options"] = " ".join(options)
         return kwargs
 
     def close_pool(self) -> None:
