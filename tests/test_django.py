@@ -180,11 +180,17 @@ def resets(alias: str) -> Callable[[], int]:
     )
 
 
-def last_statements(admin: Admin, alias: str) -> list[str]:
-    """The last statement each server connection of the alias ran."""
+def server_clock(admin: Admin) -> Any:
+    row = admin.execute("SELECT clock_timestamp()").fetchone()
+    assert row is not None
+    return row[0]
+
+
+def last_statements(admin: Admin, alias: str, since: Any) -> list[str]:
+    """The last statement of each server connection of the alias that ran one ``since``."""
     rows = admin.execute(
-        "SELECT query FROM pg_stat_activity WHERE application_name = %s",
-        (project.application_name(alias),),
+        "SELECT query FROM pg_stat_activity WHERE application_name = %s AND state_change >= %s",
+        (project.application_name(alias), since),
     ).fetchall()
     return [row[0] for row in rows]
 
@@ -372,6 +378,7 @@ def test_time_zone_role_and_isolation_are_set_without_a_reset(
     with psycopg.connect(dsn, dbname=name) as direct:  # the precondition
         assert direct.info.parameter_status("TimeZone") == "Etc/UTC"
     count = resets(alias)
+    start = server_clock(admin)
     answers: list[Any] = []
 
     def work(n: int) -> None:
@@ -388,7 +395,9 @@ def test_time_zone_role_and_isolation_are_set_without_a_reset(
     }
     assert all(answer == expected for answer in answers), answers
     assert count() == 0
-    for statement in last_statements(admin, alias):
+    statements = last_statements(admin, alias, start)
+    assert statements  # the server connections the requests used
+    for statement in statements:
         assert statement != "DISCARD ALL" and not statement.upper().startswith("SET")
 
 
@@ -398,9 +407,10 @@ def test_a_request_that_changes_the_session_is_reset(
 ) -> None:
     """The counter above can see a reset: a temporary table left by a request is one."""
     count = resets(alias)
+    start = server_clock(admin)
     request(django_project, f"/{alias}/temp/")
     assert count() == 1
-    assert "DISCARD ALL" in last_statements(admin, alias)
+    assert last_statements(admin, alias, start) == ["DISCARD ALL"]
     # the next request finds the time zone and the role the server connection started with
     answer = request(django_project, f"/{alias}/session/")
     assert (answer["time_zone"], answer["user"]) == ("UTC", project.OWNER)
