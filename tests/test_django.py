@@ -562,12 +562,18 @@ def wrapper_with(**changes: Any) -> Any:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"OPTIONS": {"pool": {"max_sise": 3}}}, "max_sise"),
-        ({"OPTIONS": {"pool": {"mode": "sessions"}}}, "mode"),
-        ({"OPTIONS": {"pool": {"kwargs": {}}}}, "'kwargs' is not accepted"),
-        ({"OPTIONS": {"pool": 10}}, "must be a dict"),
-        ({"OPTIONS": {"pool": {"startup_parameters": "no"}}}, "startup_parameters"),
-        ({"CONN_MAX_AGE": 60}, "CONN_MAX_AGE"),
+        pytest.param({"OPTIONS": {"pool": {"max_sise": 3}}}, "max_sise", id="unknown key"),
+        pytest.param({"OPTIONS": {"pool": {"mode": "sessions"}}}, "mode", id="bad mode"),
+        pytest.param(
+            {"OPTIONS": {"pool": {"kwargs": {}}}}, "'kwargs' is not accepted", id="kwargs"
+        ),
+        pytest.param({"OPTIONS": {"pool": 10}}, "must be a dict", id="not a dict"),
+        pytest.param(
+            {"OPTIONS": {"pool": {"startup_parameters": "no"}}},
+            "startup_parameters",
+            id="startup_parameters",
+        ),
+        pytest.param({"CONN_MAX_AGE": 60}, "CONN_MAX_AGE", id="CONN_MAX_AGE"),
     ],
 )
 def test_bad_pool_settings_are_improperly_configured(changes: Any, message: str) -> None:
