@@ -1223,3 +1223,37 @@ def test_an_interrupt_while_starting_connection_attempts_loses_no_slot(
         assert interrupted and pool.stats().servers_connecting == 0
         with pool.connection(timeout=5) as conn:  # the one slot is still there
             assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_an_interrupt_while_a_client_gives_back_its_connection_loses_no_slot(
+    dsn: str, app: str, mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KeyboardInterrupt after a client let go of its server connection and before the pool
+    took it back (issue 12: that slot was lost for good): the pool takes it, closed, and
+    replaces it."""
+    import pgpoolkit.pool as pool_module
+
+    real = pool_module.restore_prepared_settings
+    interrupted = []
+
+    def interrupt_once(*args: Any) -> None:
+        if not interrupted:
+            interrupted.append(True)
+            raise KeyboardInterrupt
+        real(*args)
+
+    with make_pool(dsn, app, mode=mode, min_size=1, max_size=1) as pool:
+        client = pool.connect()
+        client.execute("SELECT 1")
+        monkeypatch.setattr(pool_module, "restore_prepared_settings", interrupt_once)
+        with pytest.raises(KeyboardInterrupt):
+            if mode == "session":
+                client.close()
+            else:
+                client.execute("SELECT 2")  # autocommit off: commit() gives it back
+                client.commit()
+        assert interrupted and pool.stats().servers_active == 0
+        with pool.connection(timeout=5) as conn:  # the one slot is still there
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        client.close()

@@ -54,7 +54,25 @@ __all__ = [
 ]
 
 
-class DetachedPGconn:
+class _StandIn:
+    """What the stand-ins for a libpq connection share: a message, and every attribute they
+    lack raises an error with it."""
+
+    __slots__ = ()
+    message: str
+
+    def __getattr__(self, name: str) -> NoReturn:
+        raise psycopg.OperationalError(self.message)
+
+    def refuse(self) -> NoReturn:
+        """Raise the error for any I/O attempted with this stand-in."""
+        raise psycopg.OperationalError(self.message)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__}: {self.message}>"
+
+
+class DetachedPGconn(_StandIn):
     """What a pooled connection holds in place of a libpq connection when it holds none.
 
     psycopg sees a closed connection (``status`` is BAD): ``closed`` is True and every
@@ -73,40 +91,49 @@ class DetachedPGconn:
     def __init__(self, message: str) -> None:
         self.message = message
 
-    def __getattr__(self, name: str) -> NoReturn:
-        raise psycopg.OperationalError(self.message)
 
-    def refuse(self) -> NoReturn:
-        """Raise the error for any I/O attempted with this stand-in."""
-        raise psycopg.OperationalError(self.message)
+#: psycopg's C implementation (psycopg[binary], psycopg[c]) takes only its own PGconn where a
+#: connection's ``pgconn`` is read by C code; the Python one takes any object. Before 3.3 its C
+#: code crashes on a PGconn with no libpq connection: there it gets a TypeError instead
+_C_IMPLEMENTATION = psycopg.pq.__impl__ != "python" and tuple(
+    int(part) for part in psycopg.__version__.split(".")[:2]
+) >= (3, 3)
+_PGconnBase: Any = psycopg.pq.PGconn if _C_IMPLEMENTATION else object
 
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__}: {self.message}>"
 
-
-class BetweenTransactions(DetachedPGconn):
+class BetweenTransactions(_StandIn, _PGconnBase):  # type: ignore[misc]
     """What a transaction- or statement-mode client holds between transactions: psycopg sees
     an open, idle connection (``closed`` is False, ``info.transaction_status`` is IDLE, the
     encoding and the server's version and parameters are those of the pool's connections);
-    whatever needs a server connection raises ``PolicyViolation`` with ``message``."""
+    whatever needs a server connection raises ``PolicyViolation`` with ``message``.
+
+    It is a ``PGconn`` of psycopg's implementation with no libpq connection under it: psycopg's
+    C code (the loaders it makes while reading rows, such as records', and its escaping) takes
+    nothing else; what it reads of it then is libpq's default for no connection (UTF-8)."""
 
     __slots__ = (
         "_encoding",
         "_parameters",
         "db",
         "host",
+        "message",
         "mode",
         "port",
         "protocol_version",
         "server_version",
         "user",
+        *(() if _C_IMPLEMENTATION else ("notice_handler", "notify_handler")),
     )
 
     status = ConnStatus.OK
     transaction_status = TransactionStatus.IDLE
+    pipeline_status = 0
+
+    def __new__(cls, *args: Any) -> BetweenTransactions:
+        return _PGconnBase.__new__(cls)  # type: ignore[no-any-return]
 
     def __init__(self, mode: str, template: PGconn) -> None:
-        super().__init__(
+        self.message = (
             "{mode} pooling mode: this connection holds no server connection between "
             "transactions, and {what} needs one: use it inside a transaction() block, set it "
             "up in the pool's configure callback, or use mode='session'"
@@ -132,6 +159,29 @@ class BetweenTransactions(DetachedPGconn):
 
     def refuse(self) -> NoReturn:
         raise PolicyViolation(self.message.format(mode=self.mode, what="this"))
+
+
+def _refusing(name: str) -> property:
+    def refuse(self: BetweenTransactions) -> NoReturn:
+        raise PolicyViolation(self.message.format(mode=self.mode, what=repr(name)))
+
+    return property(refuse)
+
+
+# what the C PGconn offers beyond what the stand-in answers itself (its libpq calls) is refused
+# as what the stand-in lacks is: with PolicyViolation, naming it
+for _name in dir(_PGconnBase):
+    if (
+        not _name.startswith("_")
+        and _name not in BetweenTransactions.__dict__
+        and _name
+        not in (
+            "finish",  # PGconn's finalizer calls it: nothing to finish
+            "notice_handler",
+            "notify_handler",
+        )
+    ):
+        setattr(BetweenTransactions, _name, _refusing(_name))
 
 
 #: the parameters a client between transactions can read (those the server reports at startup)

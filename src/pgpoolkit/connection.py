@@ -206,6 +206,13 @@ class PooledConnection(Connection[Row]):
         mark_closed(self, True)
         self.pgconn = FORKED
 
+    def _close_at_exit(self) -> None:
+        """The interpreter exits with the client open between transactions: it lets go of its
+        stand-in (see pool._drop_stand_ins_at_exit), without a word to any server."""
+        self._released = True
+        mark_closed(self, True)
+        self.pgconn = RETURNED
+
     def _abandon(self) -> None:
         """Opening failed: give back the server connection bound meanwhile, if any."""
         if self._box:
@@ -291,10 +298,16 @@ class PooledConnection(Connection[Row]):
         self._rules.on_close(bound, bound and self.pgconn.transaction_status != _IDLE)
         mark_closed(self, True)
         pool = self._owner
+        slot = None
         try:
             slot = self._take_slot(RETURNED)
+            lease = slot.checked_out_at if slot is not None else 0.0
             if slot is not None:
                 pool._release_client(self, slot, False)
+        except BaseException:  # interrupted while giving it back: the pool takes it, closed
+            if slot is not None:
+                pool._settle(slot, lease)
+            raise
         finally:
             pool._clients.discard(self)
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import asyncio  # async-only
+import atexit
 import logging
 import os
 import random
@@ -724,6 +725,15 @@ class AsyncPool:
         if core.work:
             await self._do_work()
 
+    def _settle(self, slot: Slot[AsyncConnection[Any]], lease: float) -> None:
+        """A client was interrupted (KeyboardInterrupt, cancellation) while giving ``slot``
+        back, handed out at ``lease`` (its checkout time): if the pool has not taken it back
+        yet, it does now, closed (its state is unknown); if it has (and maybe lent it again),
+        nothing. The maintenance worker closes it within IDLE_PROBE_INTERVAL."""
+        with self._lock:
+            if slot.out and slot.checked_out_at == lease:
+                self._core.checkin(slot, monotonic(), False)
+
     async def _discard(self, slot: Slot[AsyncConnection[Any]]) -> None:
         """Close a handed-out connection whose state is unknown (a checkout or a return was
         interrupted); the core replaces it if needed."""
@@ -1289,6 +1299,21 @@ def _after_fork_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _drop_stand_ins_at_exit() -> None:
+    """At interpreter exit, before the final collection: the stand-ins transaction-mode clients
+    hold between transactions are psycopg PGconn objects (_psycopg.BetweenTransactions), whose
+    finalizer fails once their class is torn down; the pools and clients still alive let go of
+    them first (the clients are closed for good then)."""
+    for pool in list(_pools):
+        for client in _snapshot(pool._clients):
+            if client.pgconn is pool._between:
+                client._close_at_exit()
+        pool._between = None
+
+
+atexit.register(_drop_stand_ins_at_exit)
 
 
 def _snapshot(clients: weakref.WeakSet[Client]) -> list[Client]:

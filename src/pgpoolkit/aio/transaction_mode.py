@@ -220,8 +220,9 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
         """After a statement, commit or rollback (``ran``), or a block's end: count it, and
         give the server connection back if the policy says so."""
         self._replay = None
+        slot = None
+        lease = 0.0
         try:
-            slot = None
             broken = False
             pool = self._owner
             rules = self._rules
@@ -243,10 +244,15 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
                         or not self._unseen_session_change()
                     ):
                         slot = self._take_slot(pool._between)
+                        lease = slot.checked_out_at if slot is not None else 0.0
             if slot is not None:
                 await pool._release_client(self, slot, True)
             elif broken:
                 await self._lost_server()
+        except BaseException:  # interrupted while giving it back: the pool takes it, closed
+            if slot is not None:
+                self._owner._settle(slot, lease)
+            raise
         finally:
             self._guard.release()
 
