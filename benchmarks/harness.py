@@ -214,11 +214,15 @@ def find(results: Sequence[Result], scenario: str, contender: str) -> Result | N
     return next((r for r in results if r.scenario == scenario and r.contender == contender), None)
 
 
-def target(name: str, goal: str, value: float | None, met: Callable[[float], bool]) -> Target:
-    """A target read from one ratio (None: not measured)."""
+def target(
+    name: str, goal: str, value: float | None, met: Callable[[float], bool], unit: str = "x"
+) -> Target:
+    """A target read from one figure (None: not measured), shown as ``value unit``."""
     if value is None or math.isnan(value):
         return Target(name, goal, "not measured", None)
-    return Target(name, goal, f"{value:.2f}", met(value))
+    return Target(
+        name, goal, f"{value:,.2f} {unit}" if value < 100 else f"{value:,.0f} {unit}", met(value)
+    )
 
 
 # -- running workers -----------------------------------------------------------------------------
@@ -624,7 +628,11 @@ def print_table(s: Scenario, results: Sequence[Result], file: TextIO) -> None:
     for r in results:
         cells = [fmt(r.ops_per_s, ",.0f"), fmt(r.p50_us, ".1f"), fmt(r.p99_us, ".1f")]
         cells.append(fmt(r.cpu_us, ".1f"))
-        cells += [fmt(r.extra(k), ",.0f" if k in PEAK_FIGURES else ",.1f") for k in extras]
+        cells += [
+            fmt(v, ",.0f" if k in PEAK_FIGURES or (v or 0) >= 100 else ".2f")
+            for k in extras
+            for v in [r.extra(k)]
+        ]
         cells += ["" if label not in r.baselines else fmt(r.ratio(label)) for label in labels]
         line = "".join(f"  {c:>{w}}" for c, w in zip(cells, widths, strict=True))
         print(f"  {r.contender:<{width}}{line}", file=file)

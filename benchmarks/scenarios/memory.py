@@ -164,6 +164,7 @@ def targets(results: list[Result], ctx: Context) -> list[Target]:
             f"< {GOAL} bytes (tracemalloc)",
             r.extra("bytes/client") if (r := _find(results, cls)) else None,
             lambda v: v < GOAL,
+            "bytes",
         )
         for cls in ("Pool", "AsyncPool")
     ]
