@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
@@ -76,6 +77,12 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="the pgbouncer program (default: on PATH "
         "or in /usr/sbin); 'install': apt-get install it if missing; 'off'",
     )
+    p.add_argument(
+        "--rounds", type=int, metavar="N", help="rounds per contender (default: the preset's)"
+    )
+    p.add_argument(
+        "--scale", type=float, default=1.0, metavar="F", help="rounds F times longer (default: 1)"
+    )
     p.add_argument("--list", action="store_true", help="list the scenarios and exit")
     p.add_argument(
         "--suite",
@@ -117,6 +124,7 @@ def run_suite(args: argparse.Namespace, title: str = "pgpoolkit benchmarks") -> 
         if path and path != "-" and not os.access(parent, os.W_OK):
             raise SetupError(f"can't write {path}: {parent} is not a writable directory")
     rounds, warmup = PRESETS[args.preset]
+    rounds = args.rounds if args.rounds and args.rounds > 0 else rounds
     modules = scenario_modules()
     only = args.only
     out = sys.stderr if args.json == "-" else sys.stdout
@@ -129,7 +137,11 @@ def run_suite(args: argparse.Namespace, title: str = "pgpoolkit benchmarks") -> 
             named = only is not None and only in m.__name__.rsplit(".", 1)[-1]
             if not getattr(m, "DEFAULT", True) and not named:
                 continue
-            found = [s for s in m.scenarios(ctx) if only is None or named or only in s.name]
+            found = [
+                replace(s, seconds=s.seconds * args.scale)
+                for s in m.scenarios(ctx)
+                if only is None or named or only in s.name
+            ]
             if found or only is None:
                 plan.append((m, found))
         total = sum(len(found) for _, found in plan)

@@ -443,3 +443,21 @@ def test_harness_helpers() -> None:
         assert len(os.sched_getaffinity(0)) == 1
     assert seen == [{min(before)}]
     assert os.sched_getaffinity(0) == before
+
+
+def test_a_new_scenario_is_a_file(dsn: str, tmp_path: Path) -> None:
+    """benchmarks/README.md's example scenario, dropped into a copy of the suite, runs."""
+    import re
+
+    suite = tmp_path / "benchmarks"
+    shutil.copytree(BENCHMARKS, suite, ignore=shutil.ignore_patterns("__pycache__"))
+    readme = (BENCHMARKS / "README.md").read_text()
+    found = re.search(r"## Adding a scenario.*?```python\n(.*?)```", readme, re.S)
+    assert found is not None
+    (suite / "scenarios" / "prepared.py").write_text(found[1])
+    args = ("bench", "--suite", str(suite), "--smoke", "--only", "prepared", "--dsn", dsn)
+    p = run("-m", "pgpoolkit", *args, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    for title in ("prepared, 4 threads", "prepared-asyncio, 4 tasks"):
+        assert f"\n{title}\n" in p.stdout, p.stdout
+    assert "x psycopg_pool" in p.stdout
