@@ -151,7 +151,10 @@ def run_suite(args: argparse.Namespace, title: str = "pgpoolkit benchmarks") -> 
         results: list[Result] = []
         tables: list[tuple[Scenario, list[Result]]] = []
         targets: list[Target] = []
-        for m, found in plan:
+        ran = {m.__name__ for m, _ in plan}
+        plan += [(m, []) for m in modules if m.__name__ not in ran and hasattr(m, "targets")]
+        plan.sort(key=lambda item: getattr(item[0], "ORDER", 100))
+        for m, found in plan:  # every target is printed: n/a when its scenario did not run
             mine: list[Result] = []
             for s in found:
                 progress.start(s.name)
