@@ -19,6 +19,7 @@ per unit, any extra figure a contender reports), the targets, and optionally JSO
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import json
 import math
@@ -343,10 +344,10 @@ class Threads:
         self.stack.callback(pool.close)
         return pool
 
-    def pgpoolkit(self, dsn: str, size: int = POOL_SIZE, **kwargs: Any) -> Any:
+    def pgpoolkit(self, dsn: str, *, size: int = POOL_SIZE, **kwargs: Any) -> Any:
         return self.pool(self.pgpoolkit_class, dsn, min_size=size, max_size=size, **kwargs)
 
-    def psycopg_pool(self, dsn: str, size: int = POOL_SIZE, **kwargs: Any) -> Any:
+    def psycopg_pool(self, dsn: str, *, size: int = POOL_SIZE, **kwargs: Any) -> Any:
         return self.pool(self.psycopg_pool_class, dsn, min_size=size, max_size=size, **kwargs)
 
     def connect(self, dsn: str, **kwargs: Any) -> Any:
@@ -395,6 +396,14 @@ class Threads:
     ) -> Sample:
         return run_threads(n, make_op, seconds, think)
 
+    def contender(
+        self, name: str, n: int, ops: Op | Sequence[Op], think: float = 0.0, **kwargs: Any
+    ) -> Contender:
+        """A Contender whose ``n`` workers run ``ops``: one unit for all, or one per worker;
+        with ``think``, each worker sleeps that long before each unit (not timed)."""
+        units = list(ops) if isinstance(ops, Sequence) else [ops] * n
+        return Contender(name, lambda s: self.run(n, units.__getitem__, s, think), **kwargs)
+
 
 class Tasks(Threads):
     """The same workload with asyncio tasks on one event loop (closed with the scenario)."""
@@ -435,7 +444,7 @@ class Tasks(Threads):
         self.stack.callback(lambda: self.wait(conn.close()))
         return conn
 
-    def checkout(self, pool: Any, api: str) -> AOp:  # type: ignore[override]
+    def checkout(self, pool: Any, api: str) -> AOp:
         if api == "getconn/putconn":
 
             async def op_getconn() -> None:
@@ -449,14 +458,14 @@ class Tasks(Threads):
 
         return op
 
-    def block(self, pool: Any, sql: str = "SELECT 1") -> AOp:  # type: ignore[override]
+    def block(self, pool: Any, sql: str = "SELECT 1") -> AOp:
         async def op() -> None:
             async with pool.connection() as conn:
                 await (await conn.execute(sql)).fetchone()
 
         return op
 
-    def query(self, conn: Any, sql: str = "SELECT 1", commit: bool = False) -> AOp:  # type: ignore[override]
+    def query(self, conn: Any, sql: str = "SELECT 1", commit: bool = False) -> AOp:
         async def op() -> None:
             await (await conn.execute(sql)).fetchone()
             if commit:
@@ -527,12 +536,17 @@ def counting_server_conns(dsn: str, app: str, into: dict[str, float]) -> Iterato
     conn = psycopg.connect(dsn, autocommit=True, application_name="bench-sampler")
     sql = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
 
+    errors: list[BaseException] = []
+
     def sample() -> None:
-        while True:
-            row = conn.execute(sql, (app,)).fetchone()
-            peak[0] = max(peak[0], int(row[0]) if row else 0)
-            if stop.wait(0.01):
-                return
+        try:
+            while True:
+                row = conn.execute(sql, (app,)).fetchone()
+                peak[0] = max(peak[0], int(row[0]) if row else 0)
+                if stop.wait(0.01):
+                    return
+        except BaseException as ex:
+            errors.append(ex)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -542,6 +556,8 @@ def counting_server_conns(dsn: str, app: str, into: dict[str, float]) -> Iterato
         stop.set()
         sampler.join()
         conn.close()
+    if errors:
+        raise errors[0]
     into["server conns"] = peak[0]
 
 
@@ -763,7 +779,7 @@ def versions(pgbouncer: str | None) -> dict[str, Any]:
     bouncer = None
     if pgbouncer:
         out = subprocess.run([pgbouncer, "--version"], capture_output=True, text=True, check=False)
-        bouncer = (out.stdout.strip().splitlines() or [None])[0]
+        bouncer = next(iter(out.stdout.strip().splitlines()), None)
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
@@ -847,13 +863,17 @@ def start_pgbouncer(
         f.write(f'"{user}" ""\n')
     argv = [ctx.pgbouncer, "-q", ini]
     if os.geteuid() == 0:  # PgBouncer refuses to run as root
-        account = pwd.getpwnam("postgres")
+        try:
+            account = pwd.getpwnam("postgres")
+        except KeyError:
+            account = pwd.getpwnam("nobody")
         for name in [directory, *(os.path.join(directory, n) for n in os.listdir(directory))]:
             os.chown(name, account.pw_uid, account.pw_gid)
         argv[1:1] = ["-u", account.pw_name]
-    proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
+    with open(os.path.join(directory, "stderr.log"), "wb") as err:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
+        )
 
     def stop() -> None:
         proc.terminate()
@@ -873,7 +893,12 @@ def start_pgbouncer(
             return dsn
         except psycopg.Error as ex:
             if proc.poll() is not None or time.monotonic() > deadline:
-                ctx.note(f"pgbouncer: did not start: {one_line(ex)}")
+                logs = ""
+                for name in ("stderr.log", "pgbouncer.log"):
+                    with contextlib.suppress(OSError), open(os.path.join(directory, name)) as f:
+                        logs += f.read()
+                tail = " | ".join(logs.strip().splitlines()[-2:])
+                ctx.note(f"pgbouncer: did not start: {one_line(ex)} {tail}".strip())
                 return None
             time.sleep(0.05)
 

@@ -34,10 +34,11 @@ def checkout(ctx: Context, driver: type[Threads], n: int, seconds: float) -> Sce
             "psycopg_pool": d.psycopg_pool(ctx.dsn, kwargs={"application_name": "bench-pp"}),
         }
         return [
-            Contender(
+            d.contender(
                 f"{who} {api}",
-                lambda s, pool=pool, api=api: d.run(n, lambda _: d.checkout(pool, api), s),
-                {"psycopg_pool": f"psycopg_pool {api}"},
+                n,
+                d.checkout(pool, api),
+                baselines={"psycopg_pool": f"psycopg_pool {api}"},
             )
             for who, pool in pools.items()
             for api in APIS

@@ -9,7 +9,7 @@ from contextlib import ExitStack
 from typing import Any
 
 import psycopg
-from harness import Contender, Context, Op, Scenario, Threads, plural, scenario
+from harness import Contender, Context, Scenario, Threads, plural, scenario
 
 import pgpoolkit
 from pgpoolkit._connect import close_all
@@ -25,27 +25,21 @@ def connect(ctx: Context, n: int, seconds: float) -> Scenario:
         stack.callback(close_all)  # the process-wide pools of pgpoolkit.connect()
         pgpoolkit.connect(ctx.dsn, **dropin).close()
 
-        def new(_: int) -> Op:
-            def op() -> None:
-                with psycopg.connect(ctx.dsn, autocommit=True) as conn:
-                    conn.execute("SELECT 1").fetchone()
+        def new() -> None:
+            with psycopg.connect(ctx.dsn, autocommit=True) as conn:
+                conn.execute("SELECT 1").fetchone()
 
-            return op
-
-        def dropin_op(_: int) -> Op:
-            def op() -> None:
-                with pgpoolkit.connect(ctx.dsn, **dropin) as conn:
-                    conn.execute("SELECT 1").fetchone()
-
-            return op
+        def dropin_op() -> None:
+            with pgpoolkit.connect(ctx.dsn, **dropin) as conn:
+                conn.execute("SELECT 1").fetchone()
 
         pk = d.pgpoolkit(ctx.dsn, kwargs={"autocommit": True})
         pp = d.psycopg_pool(ctx.dsn, kwargs={"autocommit": True})
         return [
-            Contender(NEW, lambda s: d.run(n, new, s)),
-            Contender("pgpoolkit connection()", lambda s: d.run(n, lambda _: d.block(pk), s)),
-            Contender("pgpoolkit.connect() + close()", lambda s: d.run(n, dropin_op, s)),
-            Contender("psycopg_pool connection()", lambda s: d.run(n, lambda _: d.block(pp), s)),
+            d.contender(NEW, n, new),
+            d.contender("pgpoolkit connection()", n, d.block(pk)),
+            d.contender("pgpoolkit.connect() + close()", n, dropin_op),
+            d.contender("psycopg_pool connection()", n, d.block(pp)),
         ]
 
     return scenario(

@@ -64,17 +64,18 @@ def count(dsn: str, code: str, units: int) -> tuple[int, int]:
 
 def instructions(ctx: Context, units: int) -> Scenario:
     def build(stack: ExitStack) -> list[Contender]:
-        def run(_: float, code: str) -> Sample:
-            idle, busy = count(ctx.dsn, code, 0), count(ctx.dsn, code, units)
-            per_unit = {
-                "instructions": (busy[0] - idle[0]) / units,
-                "I1 misses": (busy[1] - idle[1]) / units,
-            }
-            return Sample(units, 1.0, [], per_unit)
+        def contender(name: str, code: str) -> Contender:
+            def run(_: float) -> Sample:
+                idle, busy = count(ctx.dsn, code, 0), count(ctx.dsn, code, units)
+                per_unit = {
+                    "instructions": (busy[0] - idle[0]) / units,
+                    "I1 misses": (busy[1] - idle[1]) / units,
+                }
+                return Sample(units, 1.0, [], per_unit)
 
-        return [
-            Contender(name, lambda s, code=code: run(s, code)) for name, code in VARIANTS.items()
-        ]
+            return Contender(name, run)
+
+        return [contender(name, code) for name, code in VARIANTS.items()]
 
     return scenario(
         "instructions per unit (valgrind)",

@@ -7,6 +7,7 @@ connection per worker (when installed). ``server conns``: the peak seen in pg_st
 from __future__ import annotations
 
 from contextlib import ExitStack
+from typing import Any
 
 from harness import (
     DRIVERS,
@@ -38,23 +39,15 @@ def many(ctx: Context, driver: type[Threads], n: int, seconds: float) -> Scenari
     def build(stack: ExitStack) -> list[Contender]:
         d = driver(stack)
 
-        def kw(app: str) -> dict[str, object]:
+        def kw(app: str) -> dict[str, Any]:
             return {"kwargs": {"application_name": app, "autocommit": True}}
 
         pk = d.pgpoolkit(ctx.dsn, mode="transaction", **kw(f"bench-many-pk-{d.kind}"))
         clients = [d.client(pk) for _ in range(n)]
         pp = d.psycopg_pool(ctx.dsn, **kw(f"bench-many-pp-{d.kind}"))
         out = [
-            Contender(
-                PK,
-                lambda s: d.run(n, lambda i: d.query(clients[i]), s, THINK),
-                app=f"bench-many-pk-{d.kind}",
-            ),
-            Contender(
-                PP,
-                lambda s: d.run(n, lambda _: d.block(pp), s, THINK),
-                app=f"bench-many-pp-{d.kind}",
-            ),
+            d.contender(PK, n, [d.query(c) for c in clients], THINK, app=f"bench-many-pk-{d.kind}"),
+            d.contender(PP, n, d.block(pp), THINK, app=f"bench-many-pp-{d.kind}"),
         ]
         bouncer = start_pgbouncer(stack, ctx, n)
         if bouncer is not None:

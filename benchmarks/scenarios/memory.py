@@ -38,7 +38,7 @@ def open_pool(d: Threads, dsn: str) -> Any:
     pool = d.pool(d.pgpoolkit_class, dsn, mode="transaction", min_size=1, max_size=5)
     used = d.query(d.client(pool))()  # first-use caches, not counted per client
     if isinstance(d, Tasks):
-        d.wait(used)
+        d.wait(used)  # type: ignore[arg-type]
     return pool
 
 

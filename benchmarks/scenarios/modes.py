@@ -34,16 +34,16 @@ def per_statement(ctx: Context, driver: type[Threads], n: int, seconds: float) -
         d = driver(stack)
 
         def clients(mode: str, autocommit: bool, pool_size: int = size) -> list[object]:
-            pool = d.pgpoolkit(ctx.dsn, pool_size, mode=mode, kwargs={"autocommit": autocommit})
+            pool = d.pgpoolkit(
+                ctx.dsn, size=pool_size, mode=mode, kwargs={"autocommit": autocommit}
+            )
             return [d.client(pool) for _ in range(n)]
 
         def contender(name: str, conns: list[object], commit: bool = False) -> Contender:
             base = {"session": SESSION + ", + commit", "raw": "raw psycopg, + commit"}
-            return Contender(
-                name + (", + commit" if commit else ""),
-                lambda s: d.run(n, lambda i: d.query(conns[i], commit=commit), s),
-                base if commit else {},
-            )
+            units = [d.query(c, commit=commit) for c in conns]
+            label = name + (", + commit" if commit else "")
+            return d.contender(label, n, units, baselines=base if commit else {})
 
         ac_clients = clients("transaction", False)
         for c in ac_clients:  # the client turns autocommit on itself

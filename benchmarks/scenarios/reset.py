@@ -6,6 +6,7 @@ asyncio tasks. Ratio: time per unit over the same mode's default."""
 from __future__ import annotations
 
 from contextlib import ExitStack
+from typing import Any
 
 from harness import DRIVERS, Contender, Context, Scenario, Threads, scenario
 
@@ -17,21 +18,23 @@ def reset(ctx: Context, driver: type[Threads], n: int, seconds: float) -> Scenar
         d = driver(stack)
         out = []
         for reset_always in (False, True):
-            kw = {"kwargs": {"autocommit": True}, "reset_always": reset_always}
+            kw: dict[str, Any] = {"kwargs": {"autocommit": True}, "reset_always": reset_always}
             session = d.pgpoolkit(ctx.dsn, mode="session", **kw)
             txn = d.pgpoolkit(ctx.dsn, mode="transaction", **kw)
             clients = [d.client(txn) for _ in range(n)]
             tail = ", reset_always=True" if reset_always else ""
             out += [
-                Contender(
+                d.contender(
                     f"session, connection() per unit{tail}",
-                    lambda s, pool=session: d.run(n, lambda _: d.block(pool), s),
-                    {"default": "session, connection() per unit"},
+                    n,
+                    d.block(session),
+                    baselines={"default": "session, connection() per unit"},
                 ),
-                Contender(
+                d.contender(
                     f"transaction, persistent client{tail}",
-                    lambda s, conns=clients: d.run(n, lambda i: d.query(conns[i]), s),
-                    {"default": "transaction, persistent client"},
+                    n,
+                    [d.query(c) for c in clients],
+                    baselines={"default": "transaction, persistent client"},
                 ),
             ]
         return out

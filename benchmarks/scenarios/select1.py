@@ -34,9 +34,9 @@ def select1(ctx: Context, driver: type[Threads], n: int, seconds: float) -> Scen
         pk = d.pgpoolkit(ctx.dsn, kwargs={"autocommit": True})
         pp = d.psycopg_pool(ctx.dsn, kwargs={"autocommit": True})
         return [
-            Contender(RAW, lambda s: d.run(n, lambda i: d.query(raws[i]), s)),
-            Contender(PK, lambda s: d.run(n, lambda _: d.block(pk), s)),
-            Contender(PP, lambda s: d.run(n, lambda _: d.block(pp), s)),
+            d.contender(RAW, n, [d.query(c) for c in raws]),
+            d.contender(PK, n, d.block(pk)),
+            d.contender(PP, n, d.block(pp)),
         ]
 
     return scenario(

@@ -51,7 +51,7 @@ def slow(base: Any, delay: float, starts: list[float], ends: list[float]) -> Any
     """A subclass of ``base`` (a psycopg connection class) whose connect() sleeps first."""
     if issubclass(base, psycopg.AsyncConnection):
 
-        class SlowAsync(base):  # type: ignore[misc, valid-type]
+        class SlowAsync(base):  # type: ignore[misc]
             @classmethod
             async def connect(cls, *args: Any, **kwargs: Any) -> Any:
                 starts.append(time.perf_counter())
@@ -62,7 +62,7 @@ def slow(base: Any, delay: float, starts: list[float], ends: list[float]) -> Any
 
         return SlowAsync
 
-    class Slow(base):  # type: ignore[misc, valid-type]
+    class Slow(base):  # type: ignore[misc]
         @classmethod
         def connect(cls, *args: Any, **kwargs: Any) -> Any:
             starts.append(time.perf_counter())

@@ -74,14 +74,10 @@ def txn(ctx: Context, n: int, seconds: float) -> Scenario:
         table = make_table(stack, ctx.dsn)
 
         def persistent(name: str, conns: list[Any], app: str) -> Contender:
-            return Contender(
-                name, lambda s: d.run(n, lambda i: unit(table, i, conns[i]), s), app=app
-            )
+            return d.contender(name, n, [unit(table, i, c) for i, c in enumerate(conns)], app=app)
 
         def checkout(name: str, pool: Any, app: str) -> Contender:
-            return Contender(
-                name, lambda s: d.run(n, lambda i: unit(table, i, pool=pool), s), app=app
-            )
+            return d.contender(name, n, [unit(table, i, pool=pool) for i in range(n)], app=app)
 
         def app(name: str) -> dict[str, Any]:
             return {"kwargs": {"application_name": name}}
