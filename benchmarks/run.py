@@ -218,12 +218,21 @@ def main(
             file=sys.stderr,
         )
         return 2
-    secret = _password(args.dsn or os.environ.get(harness.DSN_ENV))
+    dsn = args.dsn or os.environ.get(harness.DSN_ENV)
+    if dsn and _password(dsn) is False:
+        print(
+            f"{name}: error: the DSN is not in valid libpq connection string or URI syntax "
+            "(not shown: it may hold a password)",
+            file=sys.stderr,
+        )
+        return 2
+    secret = _password(dsn) if dsn else None
     try:
         return run_suite(args, title or name)
     except (SetupError, OSError, _psycopg_error()) as ex:
         text = harness.one_line(ex)
-        print(f"{name}: error: {text.replace(secret, '***') if secret else text}", file=sys.stderr)
+        text = text.replace(secret, "***") if isinstance(secret, str) else text
+        print(f"{name}: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
@@ -236,13 +245,15 @@ def _psycopg_error() -> type[Exception]:
     return psycopg.Error
 
 
-def _password(dsn: str | None) -> str | None:
+def _password(dsn: str) -> str | bool:
+    """The DSN's password ("" if none), or False if it is not a valid DSN."""
+    from psycopg import ProgrammingError
     from psycopg.conninfo import conninfo_to_dict
 
     try:
-        return str(conninfo_to_dict(dsn).get("password") or "") or None if dsn else None
-    except Exception:
-        return None
+        return str(conninfo_to_dict(dsn).get("password") or "")
+    except ProgrammingError:
+        return False
 
 
 if __name__ == "__main__":

@@ -461,3 +461,10 @@ def test_a_new_scenario_is_a_file(dsn: str, tmp_path: Path) -> None:
     for title in ("prepared, 4 threads", "prepared-asyncio, 4 tasks"):
         assert f"\n{title}\n" in p.stdout, p.stdout
     assert "x psycopg_pool" in p.stdout
+
+
+def test_bench_invalid_dsn_is_not_echoed() -> None:
+    p = run("-m", "pgpoolkit", "bench", "--dsn", "host=x password=hunter2 garbage", timeout=30)
+    assert p.returncode == 2
+    assert "not in valid libpq connection string" in p.stderr
+    assert "hunter2" not in p.stdout + p.stderr

@@ -40,6 +40,8 @@ __all__ = ["main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``pgpoolkit`` argument parser (``bench`` only appears in the help: the benchmark
+    suite parses its own options)."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description="pgpoolkit: an in-process PostgreSQL connection pool for psycopg 3.",
