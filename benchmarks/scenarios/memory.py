@@ -144,6 +144,7 @@ def memory(ctx: Context, n: int, with_rss: bool) -> Scenario:
         0.0,
         build,
         warmup=False,
+        rounds=ctx.pick(1, 3, 1),
         description="clients held open by pool.connect(), mode='transaction', max_size=5",
     )
 

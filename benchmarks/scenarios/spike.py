@@ -174,6 +174,7 @@ def spike(ctx: Context, min_size: int, requests: int, work: float, delay: float)
         0.0,
         build,
         warmup=ctx.preset == "full",
+        rounds=ctx.pick(2, 5, 1),
         description=f"{requests} requests at once, {work * 1000:g} ms each, connects take "
         f"{delay * 1000:g} ms; max_size=50",
     )
