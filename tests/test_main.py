@@ -191,8 +191,18 @@ def test_bad_arguments_exit_2() -> None:
 
 
 def test_main_is_the_console_script_entry_point() -> None:
+    """pyproject's ``pgpoolkit`` script names the CLI's main, which ``python -m`` runs too."""
+    import re
+
+    import pgpoolkit.__main__
     from pgpoolkit.cli import main
 
+    found = re.search(
+        r'^pgpoolkit = "([\w.]+):(\w+)"$', (ROOT / "pyproject.toml").read_text(), re.M
+    )
+    assert found is not None
+    assert getattr(importlib.import_module(found[1]), found[2]) is main
+    assert pgpoolkit.__main__.main is main
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0
