@@ -231,7 +231,7 @@ def main(
         return run_suite(args, title or name)
     except (SetupError, OSError, _psycopg_error()) as ex:
         text = harness.one_line(ex)
-        text = text.replace(secret, "***") if isinstance(secret, str) else text
+        text = text.replace(secret, "***") if isinstance(secret, str) and secret else text
         print(f"{name}: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
