@@ -19,8 +19,6 @@ import psycopg
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCH = ROOT / "benchmarks" / "bench_checkout.py"
-BENCH_MODES = ROOT / "benchmarks" / "bench_modes.py"
 BENCHMARKS = ROOT / "benchmarks"
 
 
@@ -193,157 +191,35 @@ def test_bad_arguments_exit_2() -> None:
 
 
 def test_main_is_the_console_script_entry_point() -> None:
-    from pgpoolkit.__main__ import main
+    """pyproject's ``pgpoolkit`` script names the CLI's main, which ``python -m`` runs too."""
+    import re
 
+    import pgpoolkit.__main__
+    from pgpoolkit.cli import main
+
+    found = re.search(
+        r'^pgpoolkit = "([\w.]+):(\w+)"$', (ROOT / "pyproject.toml").read_text(), re.M
+    )
+    assert found is not None
+    assert getattr(importlib.import_module(found[1]), found[2]) is main
+    assert pgpoolkit.__main__.main is main
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0
 
 
-def test_benchmark_smoke_table(dsn: str) -> None:
-    p = run(
-        str(BENCH),
-        *shlex.split("--rounds 1 --seconds 0.1 --warmup 0.02 --threads 1 --select1 1 --pin"),
-        "--dsn",
-        dsn,
-        timeout=90,
-    )
-    assert p.returncode == 0, p.stdout + p.stderr
-    out = p.stdout
-    titles = ["checkout, 1 thread", "checkout-asyncio, 1 task", "select1, 1 thread"]
-    titles.append("select1-asyncio, 1 task")
-    if len(os.sched_getaffinity(0)) > 1:
-        titles += [f"{title}, pinned to 1 CPU" for title in titles[:2]]
-    for title in titles:
-        assert f"\n{title}\n" in out, out
-    header = [line for line in out.splitlines() if "ops/s" in line and "p50 us" in line]
-    assert len(header) == len(titles)
-    for contender in (
-        "pgpoolkit getconn/putconn",
-        "pgpoolkit connection()",
-        "psycopg_pool getconn/putconn",
-        "psycopg_pool connection()",
-        "raw psycopg (1 conn per thread)",
-        "raw psycopg (1 conn per task)",
-    ):
-        assert contender in out
-    assert "vs psycopg_pool getconn/putconn" in out
-    assert "vs raw psycopg (1 conn per thread)" in out
-    # the checkout targets, API for API, for every checkout scenario
-    target_lines = [
-        line for line in out.splitlines() if "x psycopg_pool's time per checkout" in line
-    ]
-    assert len(target_lines) == 2 * (len(titles) - 2)
-    assert all(line.split()[0] in ("met", "MISSED") for line in target_lines)
-
-
-def test_benchmark_smoke_json(dsn: str) -> None:
-    p = run(
-        str(BENCH),
-        *shlex.split("--rounds 2 --seconds 0.1 --warmup 0 --select1 2 --json"),
-        "--only",
-        "select1, ",
-        "--dsn",
-        dsn,
-        timeout=90,
-    )
-    assert p.returncode == 0, p.stdout + p.stderr
-    doc = json.loads(p.stdout)
-    assert doc["meta"]["rounds"] == 2
-    results = doc["results"]
-    assert {r["scenario"] for r in results} == {"select1, 2 threads"}
-    assert len(results) == 3
-    for r in results:
-        assert len(r["rounds"]) == 2
-        assert r["ops_per_s"] > 0
-        assert 0 < r["p50_us"] <= r["p99_us"]
-        assert r["ratio_kind"] == "throughput"
-        assert r["baseline"] == "raw psycopg (1 conn per thread)"
-    raw = next(r for r in results if r["contender"] == r["baseline"])
-    assert raw["ratio"] == 1.0
-
-
-def test_benchmark_unreachable_dsn_exits_2() -> None:
-    p = run(
-        str(BENCH),
-        "--dsn",
-        f"host=127.0.0.1 port={closed_port()} connect_timeout=3",
-        timeout=30,
-    )
-    assert p.returncode == 2
-    assert "Traceback" not in p.stderr
-    assert "can't connect" in p.stderr
-
-
-def test_bench_modes_smoke_table(dsn: str) -> None:
-    p = run(
-        str(BENCH_MODES),
-        *shlex.split(
-            "--rounds 1 --seconds 0.1 --many-seconds 0.2 --warmup 0.02 --threads 1 --tasks 2 "
-            "--many-threads 12 --many-tasks 30 --pgbouncer off"
-        ),
-        "--dsn",
-        dsn,
-        timeout=120,
-    )
-    assert p.returncode == 0, p.stdout + p.stderr
-    assert "Traceback" not in p.stderr
-    out = p.stdout
-    titles = (
-        "per-statement, 1 thread",
-        "per-statement asyncio, 2 tasks",
-        "many-clients, 12 threads",
-        "many-clients asyncio, 30 tasks",
-    )
-    for title in titles:
-        assert f"\n{title}\n" in out, out
-    lines = out.splitlines()
-    assert len([line for line in lines if "time/session" in line and "cpu/session" in line]) == 2
-    assert len([line for line in lines if "server conns" in line]) == 2
-    for contender in (
-        "raw psycopg",
-        "pgpoolkit session",
-        "pgpoolkit transaction",
-        "pgpoolkit statement",
-        "pgpoolkit transaction, conn.autocommit=True",
-        "raw psycopg, + commit",
-        "pgpoolkit session, + commit",
-        "pgpoolkit transaction, + commit",
-    ):
-        rows = [line for line in lines if line.startswith(f"  {contender}  ")]
-        assert len(rows) == 2, (contender, out)  # threads and asyncio
-    # the session contenders are their own baseline; raw psycopg is its own raw baseline
-    for line in lines:
-        if line.startswith(("  pgpoolkit session  ", "  pgpoolkit session, + commit  ")):
-            assert line.split()[-3] == "1.00", line
-        if line.startswith(("  raw psycopg  ", "  raw psycopg, + commit  ")):
-            assert line.split()[-1] == "1.00", line
-    # many clients: every pool stays within its 10 server connections, and was seen using them
-    many = [line for line in lines if "persistent clients" in line or "per unit" in line]
-    many = [line for line in many if line.startswith("  pgpoolkit") or "psycopg_pool," in line]
-    assert len(many) == 4, out
-    for line in many:
-        peak = int(line.split("peak ")[1].split()[0])
-        assert 1 <= peak <= 10, line
-    assert "pgbouncer transaction" not in out
-    assert "pgbouncer: skipped (--pgbouncer off)" in out
-    target = [line for line in lines if "x session (" in line]
-    assert len(target) == 4, out  # transaction and transaction + commit, threads and asyncio
-
-
-# -- python -m pgpoolkit bench, and the suite's scripts -------------------------------------------
-
-#: every group of the suite, and the scenario titles its --smoke preset runs
 SMOKE_TITLES = (
     "checkout, 2 threads",
     "checkout-asyncio, 2 tasks",
-    "select1, 2 threads",
+    "select1, 3 threads",
     "select1-asyncio, 3 tasks",
-    "per-statement, 2 threads",
-    "per-statement asyncio, 3 tasks",
+    "per-statement, 3 threads",
+    "per-statement-asyncio, 3 tasks",
+    "reset_always, 2 threads",
+    "reset_always-asyncio, 2 tasks",
     "txn, 3 threads",
     "many-clients, 12 threads",
-    "many-clients asyncio, 30 tasks",
+    "many-clients-asyncio, 30 tasks",
     "spike, min_size=1",
     "connect-per-request, 1 thread",
     "memory, 500 idle clients",
@@ -362,63 +238,67 @@ def test_bench_smoke_runs_every_scenario_and_summarizes_targets(dsn: str, tmp_pa
     before = schemas(dsn)
     out_json = tmp_path / "bench.json"
     p = run(
-        "-m",
-        "pgpoolkit",
-        "bench",
-        "--smoke",
-        "--dsn",
-        dsn,
-        "--json",
-        str(out_json),
-        timeout=60,
+        "-m", "pgpoolkit", "bench", "--smoke", "--dsn", dsn, "--json", str(out_json), timeout=90
     )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "Traceback" not in p.stderr
     out, err = p.stdout, p.stderr
-    # progress: a line per scenario, numbered, with its contenders
-    progress = [line for line in err.splitlines() if line.startswith("[")]
     pinned = len(os.sched_getaffinity(0)) > 1
-    expected = len(SMOKE_TITLES) + (2 if pinned else 0)
-    assert len(progress) == expected, err
-    assert progress[0].startswith(f"[ 1/{expected}] checkout, 2 threads ... 4 contenders")
-    # a table per scenario
-    for title in SMOKE_TITLES:
-        assert f"\n{title}\n" in out, out
+    titles = [*SMOKE_TITLES]
     if pinned:
-        assert "\ncheckout, 2 threads, pinned to 1 CPU\n" in out
-    # the targets summary: every target of the issue that this preset measures
-    summary = out[out.index("targets (issue 4), as measured in this run:") :]
+        titles += [
+            "checkout, 2 threads, pinned to 1 CPU",
+            "checkout-asyncio, 2 tasks, pinned to 1 CPU",
+        ]
+    # progress: a line per scenario, numbered
+    progress = [line for line in err.splitlines() if line.startswith("[")]
+    assert len(progress) == len(titles), err
+    assert progress[0].startswith(f"[1/{len(titles)}] checkout, 2 threads: ")
+    # a table per scenario, with the figures the suite promises
+    for title in titles:
+        assert f"\n{title}\n" in out, out
+    header = next(line for line in out.splitlines() if "contender" in line)
+    for column in ("ops/s", "p50 us", "p99 us", "cpu us", "time/psycopg_pool"):
+        assert column in header
+    assert "x raw" in out and "time/session" in out and "time/default" in out
+    # the targets of issue 11, every one of them, each with a verdict
+    summary = out[out.index("issue 11 targets") :]
+    verdicts = [line.split()[0] for line in summary.splitlines()[1:] if line.startswith("  ")]
+    assert set(verdicts) <= {"met", "MISSED", "n/a"}
     for name in (
-        "checkout, 2 threads: getconn/putconn",
-        "checkout-asyncio, 2 tasks: connection()",
-        "per-statement, 2 threads: transaction",
-        "many-clients, 12 threads: pgpoolkit transaction vs PgBouncer",
-        "spike, min_size=1: pgpoolkit Pool (threads)",
-        "spike, min_size=1: pgpoolkit AsyncPool (asyncio)",
-        "connect-per-request, 1 thread: pgpoolkit connection()",
-        "memory, 500 idle clients: pgpoolkit Pool",
+        "checkout, 1 thread: getconn/putconn",  # not run by --smoke: n/a
+        "checkout-asyncio, 4 tasks, pinned to 1 CPU: connection()",
+        "select1, 4 threads, session: pgpoolkit vs psycopg_pool",
+        "select1-asyncio, 16 tasks: pgpoolkit vs raw",
+        "per-statement, 4 threads: transaction vs session",
+        "per-statement-asyncio, 16 tasks: transaction, + commit vs session",
+        "many-clients, 200 threads: vs PgBouncer",
+        "many-clients-asyncio, 1,000 tasks: vs PgBouncer",
+        "spike, min_size=1, threads: pgpoolkit",
+        "spike, min_size=1, asyncio: pgpoolkit",
+        "memory per idle client, Pool",
+        "memory per idle client, AsyncPool",
     ):
         lines = [line for line in summary.splitlines() if name in line]
-        assert lines, (name, summary)
-        assert lines[0].split()[0] in ("met", "MISSED", "n/a"), lines[0]
-    assert " met, " in summary and "MISSED" in summary
+        assert len(lines) == 1, (name, summary)
+    assert [line.split()[0] for line in summary.splitlines() if "spike" in line] != ["n/a"] * 2
     # the JSON has every result and the targets
     doc = json.loads(out_json.read_text())
     assert doc["meta"]["preset"] == "smoke"
-    assert {r["scenario"] for r in doc["results"]} >= set(SMOKE_TITLES)
-    assert all(r["ops_per_s"] > 0 for r in doc["results"])
-    assert {t["name"] for t in doc["targets"]} >= {"memory, 500 idle clients: pgpoolkit Pool"}
-    spike = [r for r in doc["results"] if r["group"] == "spike"]
+    assert {r["scenario"] for r in doc["results"]} == set(titles)
+    assert all(r["ops_per_s"] > 0 and r["cpu_us"] > 0 for r in doc["results"])
+    spike = [r for r in doc["results"] if r["scenario"] == "spike, min_size=1"]
     assert len(spike) == 4
-    for r in spike:  # 10 requests on a pool of max_size 10
-        assert 1 <= r["connections_opened_max"] <= 10, r
+    for r in spike:  # 10 requests on a pool of max_size 50
+        assert 1 <= r["extra"]["conns opened"] <= 10, r
         assert r["p50_us"] >= 5000  # each request holds its connection 5 ms
-    memory = [r for r in doc["results"] if r["group"] == "memory"]
+    memory = [r for r in doc["results"] if r["scenario"].startswith("memory")]
     assert len(memory) == 2
     for r in memory:
-        assert 0 < r["bytes_per_client"] < 100_000, r
-        assert r["memory_rounds"][0]["clients_open"] >= 500
-        assert r["memory_rounds"][0]["servers"] <= 5
+        assert 0 < r["extra"]["bytes/client"] < 100_000, r
+        assert r["extra"]["server conns"] <= 5
+    many = [r for r in doc["results"] if r["scenario"].startswith("many-clients")]
+    assert all(1 <= r["extra"]["server conns"] <= 10 for r in many), many
     # the txn table's schema is gone
     assert schemas(dsn) == before
 
@@ -428,7 +308,9 @@ def _fake_missing_matplotlib(tmp_path: Path) -> dict[str, str]:
     fake = tmp_path / "fake" / "matplotlib"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('no matplotlib here')\n")
-    return {"PYTHONPATH": str(tmp_path / "fake")}
+    return {
+        "PYTHONPATH": os.pathsep.join([str(tmp_path / "fake"), os.environ.get("PYTHONPATH", "")])
+    }
 
 
 def test_bench_chart_or_a_note_without_matplotlib(dsn: str, tmp_path: Path) -> None:
@@ -437,33 +319,22 @@ def test_bench_chart_or_a_note_without_matplotlib(dsn: str, tmp_path: Path) -> N
     p = run(*args, "--chart", str(chart), env=_fake_missing_matplotlib(tmp_path), timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
     notes = [line for line in p.stderr.splitlines() if "chart" in line]
-    assert notes == ["no chart: matplotlib is not installed (pip install matplotlib)"]
+    assert notes == ["no chart: matplotlib is not installed (pip install 'pgpoolkit[chart]')"]
     assert not chart.exists()
-    assert "targets (issue 4)" in p.stdout  # it went on
+    assert "issue 11 targets" in p.stdout  # it went on
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         return
     p = run(*args, "--chart", str(chart), timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert f"chart written to {chart}" in p.stderr
+    assert f"chart: {chart}" in p.stderr
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_bench_json_to_stdout(dsn: str) -> None:
-    p = run(
-        "-m",
-        "pgpoolkit",
-        "bench",
-        "--smoke",
-        "--only",
-        "connect",
-        "--json",
-        "-",
-        "--dsn",
-        dsn,
-        timeout=60,
-    )
+def test_bench_json_to_stdout_and_only(dsn: str) -> None:
+    args = ("-m", "pgpoolkit", "bench", "--smoke", "--only", "connect-per", "--json", "-")
+    p = run(*args, "--dsn", dsn, timeout=60)
     assert p.returncode == 0, p.stdout + p.stderr
     doc = json.loads(p.stdout)  # only JSON on stdout: the tables went to stderr
     assert [r["contender"] for r in doc["results"]] == [
@@ -472,39 +343,41 @@ def test_bench_json_to_stdout(dsn: str) -> None:
         "pgpoolkit.connect() + close()",
         "psycopg_pool connection()",
     ]
-    assert doc["targets"][0]["name"] == "connect-per-request, 1 thread: pgpoolkit connection()"
-    assert "targets (issue 4)" in p.stderr
+    assert doc["results"][0]["ratios"] == {"new conn": 1.0}
+    assert "\nconnect-per-request, 1 thread\n" in p.stderr
+    p = run(*args[:5], "nothing-like-it", "--dsn", dsn, timeout=60)
+    assert p.returncode == 2
+    assert "no scenario matches --only 'nothing-like-it'" in p.stderr
 
 
-def test_bench_without_the_benchmarks_directory_exits_2(tmp_path: Path) -> None:
-    """Installed from a wheel: the package without the checkout's benchmarks/."""
+def test_bench_finds_the_suite_from_the_current_directory_or_suite(tmp_path: Path) -> None:
+    """Installed from a wheel, run elsewhere: no benchmarks/ unless --suite names one."""
     lib = tmp_path / "lib"
     shutil.copytree(ROOT / "src" / "pgpoolkit", lib / "pgpoolkit")
-    p = subprocess.run(
-        [sys.executable, "-m", "pgpoolkit", "bench", "--dsn", "host=127.0.0.1"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(lib)},
-        check=False,
-    )
+    env = {**os.environ, "PYTHONPATH": str(lib)}
+    env.pop("PGPOOLKIT_BENCHMARKS", None)
+
+    def bench(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "pgpoolkit", "bench", *args]
+        return subprocess.run(
+            argv, capture_output=True, text=True, timeout=30, cwd=tmp_path, env=env, check=False
+        )
+
+    p = bench("--dsn", "host=127.0.0.1")
     assert p.returncode == 2, p.stdout + p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1, p.stderr
-    assert lines[0].startswith("pgpoolkit bench: error: the benchmarks are not available")
-    assert "checkout" in lines[0]
+    assert lines[0].startswith("pgpoolkit bench: error: no benchmark suite found at ")
+    assert "--suite PATH" in lines[0]
+    p = bench("--suite", str(BENCHMARKS), "--list")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "checkout: checkout, 1 thread" in p.stdout
+    assert "instructions: " in p.stdout
 
 
 def test_bench_unreachable_dsn_exits_2_without_traceback() -> None:
-    p = run(
-        "-m",
-        "pgpoolkit",
-        "bench",
-        "--dsn",
-        f"host=127.0.0.1 port={closed_port()} password=hunter2-secret connect_timeout=3",
-        timeout=30,
-    )
+    dsn = f"host=127.0.0.1 port={closed_port()} password=hunter2-secret connect_timeout=3"
+    p = run("-m", "pgpoolkit", "bench", "--dsn", dsn, timeout=30)
     assert p.returncode == 2, p.stdout + p.stderr
     assert "Traceback" not in p.stderr
     lines = p.stderr.strip().splitlines()
@@ -520,135 +393,50 @@ def test_bench_help() -> None:
     assert p.returncode == 0
     for option in ("--dsn", "--quick", "--full", "--json", "--chart", "--pgbouncer", "--only"):
         assert option in p.stdout
+    assert "--suite" in p.stdout
     assert "--smoke" not in p.stdout  # for CI, not documented
     p = run("-m", "pgpoolkit", "bench", "--quick", "--full", timeout=30)
     assert p.returncode == 2
     assert "not allowed with argument" in p.stderr
 
 
-def test_bench_txn_script_sql_table(dsn: str) -> None:
-    """bench_txn.py with the table made in SQL (no pgbench) and without PgBouncer."""
-    before = schemas(dsn)
-    p = run(
-        str(BENCHMARKS / "bench_txn.py"),
-        *shlex.split(
-            "--rounds 1 --seconds 0.1 --warmup 0 --threads 2 --pgbench off --pgbouncer off"
-        ),
-        "--dsn",
-        dsn,
-        timeout=90,
-    )
-    assert p.returncode == 0, p.stdout + p.stderr
-    out = p.stdout
-    assert "table made with SQL" in out
-    assert "\ntxn, 2 threads\n" in out
-    rows = {
-        line.split("  ")[1].strip(): line
-        for line in out.splitlines()
-        if line.startswith(("  raw", "  pgpoolkit", "  psycopg_pool"))
-    }
-    assert set(rows) == {
-        "raw psycopg (1 conn per thread)",
-        "pgpoolkit session, connection() per unit",
-        "pgpoolkit transaction, persistent clients",
-        "psycopg_pool, connection() per unit",
-    }
-    for name, line in rows.items():
-        peak = int(line.split("peak ")[1].split()[0])
-        assert 1 <= peak <= (2 if name.startswith("raw") else 10), line
-    assert "pgbouncer: skipped (--pgbouncer off)" in out
-    assert schemas(dsn) == before
-
-
-def test_bench_spike_script_json(dsn: str) -> None:
-    p = run(
-        str(BENCHMARKS / "bench_spike.py"),
-        *shlex.split(
-            "--rounds 1 --no-warmup --min-size 0 --requests 8 --work-ms 5 --connect-ms 40 --json"
-        ),
-        "--dsn",
-        dsn,
-        timeout=90,
-    )
-    assert p.returncode == 0, p.stdout + p.stderr
-    doc = json.loads(p.stdout)
-    results = doc["results"]
-    assert [r["contender"] for r in results] == [
-        "pgpoolkit Pool (threads)",
-        "psycopg_pool ConnectionPool (threads)",
-        "pgpoolkit AsyncPool (asyncio)",
-        "psycopg_pool AsyncConnectionPool (asyncio)",
+def test_bench_unwritable_output_fails_before_running(dsn: str) -> None:
+    out = "/nonexistent-pgpoolkit-dir/out.json"
+    p = run("-m", "pgpoolkit", "bench", "--smoke", "--dsn", dsn, "--json", out, timeout=30)
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert p.stderr.strip().splitlines() == [
+        f"pgpoolkit bench: error: can't write {out}: "
+        "/nonexistent-pgpoolkit-dir is not a writable directory"
     ]
-    for r in results:
-        # min_size=0: nothing was open, so every request waited for a 40 ms connect at least
-        assert r["connections_opened"] >= 1
-        assert r["connections_opened_max"] <= 50
-        assert r["rounds"][0]["ops"] == 8
-        assert r["p50_us"] >= 40_000 + 5_000, r
-        assert r["ideal_p50_ms"] >= 45.0, r
-        assert r["hold_ms"] >= 5.0
-    assert len(doc["targets"]) == 2
 
 
-def test_bench_connect_and_memory_scripts(dsn: str) -> None:
-    p = run(
-        str(BENCHMARKS / "bench_connect.py"),
-        *shlex.split("--rounds 1 --seconds 0.1 --warmup 0 --threads 1"),
-        "--dsn",
-        dsn,
-        timeout=60,
-    )
-    assert p.returncode == 0, p.stdout + p.stderr
-    assert "\nconnect-per-request, 1 thread\n" in p.stdout
-    assert "vs new psycopg connection per unit" in p.stdout
-    assert "connect-per-request, 1 thread: pgpoolkit connection()" in p.stdout
-    p = run(
-        str(BENCHMARKS / "bench_memory.py"),
-        *shlex.split("--rounds 1 --clients 300 --json"),
-        "--dsn",
-        dsn,
-        timeout=60,
-    )
-    assert p.returncode == 0, p.stdout + p.stderr
-    doc = json.loads(p.stdout)
-    assert len(doc["results"]) == 2
-    for r in doc["results"]:
-        assert 0 < r["bytes_per_client"] < 100_000
-        assert r["rss_bytes_per_client"] is not None  # measured in a child process
-        assert r["rounds"][0]["ops"] == 300
-    assert doc["notes"] == []
-
-
-def test_suite_script_only_filter_and_unknown_filter(dsn: str) -> None:
-    p = run(
-        str(BENCHMARKS / "suite.py"),
-        "--smoke",
-        "--only",
-        "select1-asyncio",
-        "--dsn",
-        dsn,
-        timeout=60,
-    )
-    assert p.returncode == 0, p.stdout + p.stderr
-    assert "\nselect1-asyncio, 3 tasks\n" in p.stdout
-    assert "\nselect1, 2 threads\n" not in p.stdout
-    p = run(str(BENCHMARKS / "suite.py"), "--smoke", "--only", "nothing-like-it", "--dsn", dsn)
-    assert p.returncode == 2
-    assert "no scenario name contains 'nothing-like-it'" in p.stderr
-
-
-def test_fifo_ideal_and_pinning_helpers() -> None:
+def test_harness_helpers() -> None:
+    """The FIFO ideal of the spike, the per-round ratios, pinning."""
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        bench_spike = importlib.import_module("bench_spike")
+        spike = importlib.import_module("scenarios.spike")
         harness = importlib.import_module("harness")
     finally:
         sys.path.remove(str(BENCHMARKS))
     # one connection at 0: the requests queue behind each other
-    assert bench_spike.fifo_latencies([0.0], 3, 1.0) == [1.0, 2.0, 3.0]
+    assert spike.fifo([0.0], 3, 1.0) == [1.0, 2.0, 3.0]
     # a second connection at 1.5 takes the third request
-    assert bench_spike.fifo_latencies([0.0, 1.5], 3, 1.0) == [1.0, 2.0, 2.5]
-    assert bench_spike.fifo_latencies([], 3, 1.0) == []
+    assert spike.fifo([0.0, 1.5], 3, 1.0) == [1.0, 2.0, 2.5]
+    assert spike.fifo([], 3, 1.0) == []
+
+    # two contenders, the second twice as fast per round: its time ratio is 0.5
+    def fixed(ops: int) -> Any:
+        return lambda seconds: harness.Sample(ops, 1.0, [1000] * ops, {"conns opened": ops})
+
+    @contextlib.contextmanager
+    def pair() -> Iterator[list[Any]]:
+        yield [harness.Contender("slow", fixed(10)), harness.Contender("fast", fixed(20))]
+
+    s = harness.Scenario("pair", pair, "time", 0.0, {"slow": "slow", "gone": "absent"})
+    results = harness.run_scenario(s, rounds=3, warmup=0, dsn="", progress=lambda _: None)
+    fast = harness.find(results, "pair", "fast")
+    assert fast.ratio("slow") == 0.5 and fast.baselines == {"slow": "slow"}
+    assert fast.extra("conns opened") == 20 and len(fast.rounds) == 3
     if not harness.can_pin():
         return
     before = os.sched_getaffinity(0)
@@ -659,28 +447,34 @@ def test_fifo_ideal_and_pinning_helpers() -> None:
         seen.append(os.sched_getaffinity(0))
         yield []
 
-    scenario = harness.pinned(harness.Scenario("x", setup, ratio="time"))
-    assert scenario.name == "x, pinned to 1 CPU"
-    with scenario.setup():
+    pinned = harness.pinned(harness.Scenario("x", setup, "time", 0.0))
+    assert pinned.name == "x, pinned to 1 CPU"
+    with pinned.setup():
         assert len(os.sched_getaffinity(0)) == 1
     assert seen == [{min(before)}]
     assert os.sched_getaffinity(0) == before
 
 
-def test_bench_unwritable_output_fails_before_running(dsn: str) -> None:
-    p = run(
-        "-m",
-        "pgpoolkit",
-        "bench",
-        "--smoke",
-        "--dsn",
-        dsn,
-        "--json",
-        "/nonexistent-pgpoolkit-dir/out.json",
-        timeout=30,
-    )
-    assert p.returncode == 2, p.stdout + p.stderr
-    assert p.stderr.strip().splitlines() == [
-        "pgpoolkit bench: error: can't write /nonexistent-pgpoolkit-dir/out.json: "
-        "/nonexistent-pgpoolkit-dir is not a writable directory"
-    ]
+def test_a_new_scenario_is_a_file(dsn: str, tmp_path: Path) -> None:
+    """benchmarks/README.md's example scenario, dropped into a copy of the suite, runs."""
+    import re
+
+    suite = tmp_path / "benchmarks"
+    shutil.copytree(BENCHMARKS, suite, ignore=shutil.ignore_patterns("__pycache__"))
+    readme = (BENCHMARKS / "README.md").read_text()
+    found = re.search(r"## Adding a scenario.*?```python\n(.*?)```", readme, re.S)
+    assert found is not None
+    (suite / "scenarios" / "prepared.py").write_text(found[1])
+    args = ("bench", "--suite", str(suite), "--smoke", "--only", "prepared", "--dsn", dsn)
+    p = run("-m", "pgpoolkit", *args, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    for title in ("prepared, 4 threads", "prepared-asyncio, 4 tasks"):
+        assert f"\n{title}\n" in p.stdout, p.stdout
+    assert "x psycopg_pool" in p.stdout
+
+
+def test_bench_invalid_dsn_is_not_echoed() -> None:
+    p = run("-m", "pgpoolkit", "bench", "--dsn", "host=x password=hunter2 garbage", timeout=30)
+    assert p.returncode == 2
+    assert "not in valid libpq connection string" in p.stderr
+    assert "hunter2" not in p.stdout + p.stderr

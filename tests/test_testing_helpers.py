@@ -230,3 +230,32 @@ def test_proxy_close_is_quick(pg: TemporaryPostgres) -> None:
     conn.close()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
+
+
+# ---- the documented example (docs/testing.md) ------------------------------------------------
+
+
+def test_the_documented_pytest_fixtures_work(tmp_path: Path) -> None:
+    """docs/testing.md's conftest.py and test_app.py, run by pytest as a user would."""
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    doc = (root / "docs" / "testing.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", doc, re.S)
+    conftest = next(b for b in blocks if "def postgres(" in b)
+    tests = next(b for b in blocks if "def test_" in b)
+    (tmp_path / "conftest.py").write_text(conftest)
+    (tmp_path / "test_app.py").write_text(tests)
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(root / "src")},
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 passed" in done.stdout

@@ -20,8 +20,13 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from . import __version__
-from ._cli import (
+from .. import __version__
+from ..aio.pool import AsyncPool
+from ..errors import PoolTimeout
+from ..policies import policy_for_mode
+from ..pool import Pool
+from ..stats import PoolStats
+from ._common import (
     DSN_ENV,
     EXIT_OK,
     EXIT_VERDICT_FAILED,
@@ -30,11 +35,6 @@ from ._cli import (
     _one_line,
     mask_dsn,
 )
-from .aio.pool import AsyncPool
-from .errors import PoolTimeout
-from .policies import policy_for_mode
-from .pool import Pool
-from .stats import PoolStats
 
 _SAMPLE_INTERVAL = 0.025  # seconds between two looks at pg_stat_activity
 _CONNECT_TIMEOUT = 5  # seconds, for the preflight connection
@@ -499,7 +499,7 @@ def _server(dsn: str | None) -> Iterator[str]:
     if dsn is not None:
         yield dsn
         return
-    from .testing import TemporaryPostgres
+    from ..testing import TemporaryPostgres
 
     _print("starting a throwaway PostgreSQL (initdb + pg_ctl; pass --dsn to use yours)...")
     t0 = time.perf_counter()

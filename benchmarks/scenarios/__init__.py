@@ -1,0 +1,1 @@
+"""The benchmark scenarios: one file each, run in their ``ORDER`` by ``benchmarks/run.py``."""
