@@ -14,7 +14,7 @@ In the threaded pool, where the C library can be reached through ctypes, ``poll(
 with the GIL held: ``select.poll`` releases the GIL around the call, and with several threads
 checking out at once every release hands the interpreter to another thread and waits to get it
 back, which cost a fifth of the throughput of SELECT 1 with 4 threads
-(benchmarks/bench_checkout.py). A zero timeout poll never blocks, so holding the GIL through it
+(benchmarks/scenarios/checkout.py). A zero timeout poll never blocks, so holding the GIL through it
 costs nothing. The asyncio pool, whose event loop is the one thread running, uses
 ``select.poll``: less work per call.
 """
