@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import json
 import math
 import os
@@ -103,7 +104,9 @@ class Outcome:
                 examples = self.messages.setdefault(name, [])
                 if len(examples) < 3:
                     examples.append(message)
-                if not message.strip() or PASSWORD in message or "secret" in message:
+                if PASSWORD in message or (
+                    isinstance(error, psycopg.Error) and not message.strip()
+                ):
                     self.unclear.append(f"{name}: {message!r}")
 
     def first_ok_after(self, t: float) -> float | None:
@@ -188,7 +191,7 @@ class Rig:
         options.setdefault("min_size", MIN_SIZE)
         options.setdefault("max_size", MAX_SIZE)
         options.setdefault("timeout", TIMEOUT)
-        options.setdefault("max_idle", 1.0)  # back to min_size soon after a burst
+        options.setdefault("max_idle", 0.5)  # back to min_size soon after a burst
         options.setdefault("name", app)
         kwargs = {"application_name": app, **options.pop("kwargs", {})}
         self.min_size: int = options["min_size"]
@@ -286,8 +289,7 @@ class Rig:
             try:
                 await unit_async(self.pool, work, f"{n}-{k}")
             except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():  # cancelled from outside: stop
+                if self.stop_event.is_set():  # cancelled by stop(): hung
                     raise
                 self.outcome.record(t0, asyncio.CancelledError("cancelled"))
             except BaseException as ex:  # KeyboardInterrupt included: kept in the task
@@ -821,6 +823,7 @@ def test_max_connections_taken_by_someone_else(
 # -- asyncio cancellation ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @both_modes
 def test_cancellation_at_every_await_point(
     pg: TemporaryPostgres, rig_factory: Callable[..., Rig], mode: str
@@ -850,7 +853,7 @@ def test_cancellation_at_every_await_point(
             await unit_async(pool, Work(statements=2, sleep=0.002), f"s{n}")
 
         cancelled = 0
-        for n in range(CLIENTS * 4):
+        for n in range(24):
             tasks = [asyncio.create_task(one(n * CLIENTS + i)) for i in range(CLIENTS // 4)]
             await asyncio.sleep(random.random() * 0.02)
             for task in random.sample(tasks, len(tasks) // 2):
@@ -889,7 +892,7 @@ def test_exception_inside_block(
 ) -> None:
     rig = rig_factory(kind, pg.dsn, mode=mode)
     rig.start(Work(raises=raises))
-    wait_until(lambda: rig.outcome.calls >= 500, what="500 units")
+    wait_until(lambda: rig.outcome.calls >= 200, what="200 units")
     outcome = rig.stop()
     outcome.check(allowed=(raises,))
     assert outcome.errors[raises.__name__] == outcome.calls  # each block raised, nothing else
@@ -918,8 +921,10 @@ def test_keyboard_interrupt_storm_in_threads(
 ) -> None:
     # KeyboardInterrupt raised asynchronously in client threads at random points, in rounds;
     # each round the pool must get back to min_size with the server agreeing
-    rig = rig_factory("threads", pg.dsn, mode=mode, min_size=2, max_size=6)
-    for _ in range(12):
+    # connections expire all the time: connection attempts are started by the client threads
+    # (the window of issue 12 item 6)
+    rig = rig_factory("threads", pg.dsn, mode=mode, min_size=2, max_size=6, max_lifetime=0.2)
+    for _ in range(6):
         rig.start(Work(sleep=0.001), clients=CLIENTS // 2)
         rig.wait_ok(time.monotonic())
         deadline = time.monotonic() + 0.6
@@ -1113,10 +1118,10 @@ def test_getconn_putconn_misuse_and_use_after_close(
     with pytest.raises(ValueError, match="did not come from this pool"):
         rig.call(stranger_sync, stranger_async)
     for bad in (float("nan"), -1.0, 0):
-        with pytest.raises(ValueError, match="timeout"):
-            rig.call(lambda b=bad: pool.getconn(timeout=b), lambda b=bad: pool.getconn(timeout=b))
-        with pytest.raises(ValueError, match="timeout"):
-            rig.call(lambda b=bad: pool.connect(timeout=b), lambda b=bad: pool.connect(timeout=b))
+        for method in (pool.getconn, pool.connect):
+            call = functools.partial(method, timeout=bad)
+            with pytest.raises(ValueError, match="timeout"):
+                rig.call(call, call)
     with pytest.raises(TypeError, match="timeout"):
         rig.call(lambda: pool.getconn(timeout="1"), lambda: pool.getconn(timeout="1"))
 
