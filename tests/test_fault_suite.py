@@ -562,9 +562,12 @@ def test_outage_longer_than_timeout(
     rig.start(pause=0.05)
     rig.wait_ok(time.monotonic())
     pg.stop("fast")
+    down = time.monotonic()
     wait_until(lambda: rig.outcome.errors["PoolTimeout"] >= CLIENTS, what="timeouts")
     timeouts = rig.outcome.messages["PoolTimeout"]
     assert all("last connection error" in m and "OperationalError" in m for m in timeouts), timeouts
+    # long enough for the retry delay to reach its cap (0.2 s doubling to 0.8 s)
+    time.sleep(max(0.0, 3.0 - (time.monotonic() - down)))
     pg.start()
     back = time.monotonic()
     served = rig.wait_ok(back)
@@ -575,6 +578,7 @@ def test_outage_longer_than_timeout(
         "outage longer than timeout",
         kind=kind,
         mode=mode,
+        outage_s=round(back - down, 3),
         recovery_s=round(served - back, 3),
         settle_s=round(settled, 3),
         timeouts=outcome.errors["PoolTimeout"],
