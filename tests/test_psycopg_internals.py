@@ -50,3 +50,37 @@ def test_instance_internals(dsn: str) -> None:
         assert cur._conn is conn, "Cursor._conn moved"
         adapters = conn.adapters
         assert hasattr(adapters, "register_loader")
+
+
+@pytest.mark.parametrize("mode", ["session", "transaction"])
+def test_clients_copied_from_a_prototype_share_no_mutable_state(dsn: str, mode: str) -> None:
+    """Clients are copies of a per-class prototype (_psycopg.ClientPrototype): two clients
+    share no list, dict, set, deque or lock, but for the empty notifications backlog (never
+    appended to) and the prepared-statement manager of a client holding no server connection;
+    a notification goes to its own client's backlog only."""
+    from collections import deque
+
+    from pgpoolkit import Pool
+    from pgpoolkit._psycopg import _SHARED_BACKLOG
+
+    with Pool(dsn, mode=mode, min_size=2, max_size=2) as pool:
+        c1, c2 = pool.connect(), pool.connect()
+        for name, value in c1.__dict__.items():
+            if isinstance(value, (list, dict, set, deque, bytearray)) or "lock" in name:
+                shared = value is c2.__dict__[name]
+                assert not shared or value is _SHARED_BACKLOG, f"{name} is shared"
+        assert c1.lock is not c2.lock
+        c1.add_notice_handler(lambda diag: None)
+        assert not c2._notice_handlers
+        if mode == "session":
+            c1.autocommit = c2.autocommit = True
+            c1.execute("LISTEN pgpk_proto")
+            c2.execute("NOTIFY pgpk_proto, 'x'")
+            c1.execute("SELECT 1")  # the notification arrives with this
+            backlog = getattr(c1, "_notifies_backlog", None)
+            if backlog is not None:  # psycopg 3.2.x before the backlog: handlers only
+                assert [n.payload for n in backlog] == ["x"]
+                assert not _SHARED_BACKLOG
+                assert getattr(c2, "_notifies_backlog", None) is _SHARED_BACKLOG
+        c1.close()
+        c2.close()

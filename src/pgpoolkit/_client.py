@@ -20,6 +20,10 @@ from .policies import Action, ClientState, Event, Policy
 __all__ = ["Answers", "ClientRules", "HandBack", "SessionDetail", "binds_for_the_session"]
 
 
+#: no kinds of session state (the sets are frozen: a client that changes nothing allocates none)
+_NONE: frozenset[SessionChange] = frozenset()
+
+
 class SessionDetail(str):
     """What ``Policy.decide()`` gets as ``detail`` for a session change: the display text
     ("LISTEN, a temporary table"), and ``changes``, the kinds of session state as a set."""
@@ -102,9 +106,9 @@ class ClientRules:
         #: (and the lock taken again) when the server connection goes back
         self.keeps_locks = keeps_locks
         #: the kinds of session state that keep the client on its server connection
-        self.pins: set[SessionChange] = set()
+        self.pins: frozenset[SessionChange] = _NONE
         #: the kinds that statements since the last look may have undone
-        self.undo_pending: set[SessionChange] = set()
+        self.undo_pending: frozenset[SessionChange] = _NONE
         #: reset the session (DISCARD ALL) when the server connection goes back
         self.dirty = False
         #: close the server connection when it goes back
@@ -202,14 +206,14 @@ class ClientRules:
             return False, self.policy.refusal(Event.SESSION_STATE, detail)
         return False, None
 
-    def undo_to_check(self) -> set[SessionChange]:
+    def undo_to_check(self) -> frozenset[SessionChange]:
         """Statements that may undo what pins the client ran: the kinds the text proves undone
         (settings, roles) go now; return those to ask the server about."""
-        pending, self.undo_pending = self.undo_pending, set()
+        pending, self.undo_pending = self.undo_pending, _NONE
         self.pins -= pending & UNDONE_BY_TEXT
         return self.pins & pending
 
-    def still_there(self, checked: set[SessionChange], left: set[SessionChange]) -> None:
+    def still_there(self, checked: frozenset[SessionChange], left: set[SessionChange]) -> None:
         """The server said which of the ``checked`` kinds are ``left``: forget the others
         (LOAD, which nothing undoes, is never checked: it stays)."""
         self.pins -= checked - left
@@ -227,6 +231,5 @@ class ClientRules:
         """The server connection goes back: what the pool must do, and a clean slate."""
         back = HandBack(self.dirty, self.discard, bool(self.pins))
         self.dirty = self.discard = False
-        self.pins.clear()
-        self.undo_pending.clear()
+        self.pins = self.undo_pending = _NONE
         return back

@@ -10,6 +10,8 @@ fails loudly on a psycopg release that moved any of them (supported: psycopg 3.2
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -17,7 +19,6 @@ from weakref import ref
 
 import psycopg
 from psycopg import BaseConnection
-from psycopg.adapt import AdaptersMap
 from psycopg.pq import ConnStatus, TransactionStatus
 
 from .errors import PolicyViolation
@@ -30,6 +31,7 @@ __all__ = [
     "RETURNED",
     "UNOPENED",
     "BetweenTransactions",
+    "ClientPrototype",
     "ServerDefaults",
     "adopt_settings",
     "apply_prepared_settings",
@@ -310,7 +312,66 @@ def adopt_settings(
     client._read_only = template._read_only
     client._deferrable = template._deferrable
     client._begin_statement = template._begin_statement
-    client._adapters = AdaptersMap(template.adapters)
+    client._adapters = None  # a copy of the template's at first use (the client's adapters)
+    client._adapters_from = template.adapters  # type: ignore[attr-defined]
+
+
+_THREAD_LOCK = type(threading.Lock())
+#: the notifications backlog new clients share until a notification arrives for one of them
+#: (then it gets its own): nothing is ever appended to it
+_SHARED_BACKLOG: deque[Any] = deque()
+
+
+class ClientPrototype:
+    """What psycopg's connection ``__init__`` gives a connection, made once per client class
+    (a real ``__init__``, so that what a psycopg version adds comes along) and copied into
+    each new client: psycopg's ``__init__`` costs more than the rest of a checkout, and
+    allocates what a client holding no server connection never uses.
+
+    Each copy gets its own handler lists and lock. It shares the prototype's prepared-statement
+    manager (a bound client uses its server connection's; ``attach``) and an empty
+    notifications backlog (its own at its first notification; ``_client_notify_handler``).
+    Only for classes whose ``__init__`` is psycopg's: a subclass's own ``__init__`` could make
+    state that must not be shared, so its clients are made by calling it."""
+
+    __slots__ = ("lock_type", "slots", "state")
+
+    def __init__(self, cls: type[Any], slots: tuple[str, ...]) -> None:
+        proto = cls(UNOPENED)
+        state = dict(proto.__dict__)
+        for name in ("_notice_handlers", "_notify_handlers", "lock"):
+            del state[name]
+        if "_notifies_backlog" in state:  # (psycopg 3.2.x has none)
+            state["_notifies_backlog"] = _SHARED_BACKLOG
+        self.state = state
+        lock_type = type(proto.lock)
+        self.lock_type: Any = threading.Lock if lock_type is _THREAD_LOCK else lock_type
+        #: values the prototype's __init__ left in the client class's slots (the cursor
+        #: factories), copied too
+        self.slots = tuple((name, getattr(proto, name)) for name in slots)
+
+    @staticmethod
+    def applies_to(cls: type[Any], base: type[Any]) -> bool:
+        """Clients of ``cls`` can be copied (its ``__init__`` is psycopg's ``base``'s)."""
+        return cls.__init__ is base.__init__
+
+    def new(self, cls: type[Any]) -> Any:
+        client: Any = object.__new__(cls)
+        fields = client.__dict__
+        fields.update(self.state)
+        fields["_notice_handlers"] = []
+        fields["_notify_handlers"] = []
+        fields["lock"] = self.lock_type()
+        for name, value in self.slots:
+            setattr(client, name, value)
+        return client
+
+
+def _client_notify_handler(wself: Any, pgn: Any) -> None:
+    client = wself()
+    if client is not None and client.__dict__.get("_notifies_backlog") is _SHARED_BACKLOG:
+        client._notifies_backlog = deque()
+    BaseConnection._notify_handler(wself, pgn)
 
 
 def attach(client: BaseConnection[Any], server: BaseConnection[Any]) -> None:
@@ -320,12 +381,12 @@ def attach(client: BaseConnection[Any], server: BaseConnection[Any]) -> None:
     pgconn = server.pgconn
     client.pgconn = pgconn
     client._prepared = server._prepared
-    handlers = client.__dict__.get("_pgpoolkit_handlers")
+    handlers = getattr(client, "_pgpoolkit_handlers", None)
     if handlers is None:  # made once per client, as psycopg makes them once per connection
         wself = ref(client)
         handlers = client._pgpoolkit_handlers = (  # type: ignore[attr-defined]
             partial(BaseConnection._notice_handler, wself),
-            partial(BaseConnection._notify_handler, wself),
+            partial(_client_notify_handler, wself),
         )
     pgconn.notice_handler, pgconn.notify_handler = handlers
 

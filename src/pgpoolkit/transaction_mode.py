@@ -67,6 +67,17 @@ _BAD = ConnStatus.BAD
 class TransactionModeConnection(PooledConnection[Row]):
     """A pooled connection of a transaction- or statement-mode :class:`Pool`."""
 
+    __slots__ = (
+        "_aborted",
+        "_aborted_error",
+        "_aborted_holds",
+        "_bind_lock",
+        "_guard",
+        "_replay",
+        "_state_lock",
+        "_wanted",
+    )
+
     _cursor_mixin = BindingCursor
     _server_cursor_mixin = BindingServerCursor
 

@@ -24,6 +24,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, cast, get_origin
 
 from psycopg import AsyncConnection
+from psycopg import adapters as global_adapters
+from psycopg.adapt import AdaptersMap
 from psycopg.pq import TransactionStatus
 from psycopg.rows import Row
 
@@ -33,6 +35,7 @@ from .._psycopg import (
     FORKED,
     RETURNED,
     UNOPENED,
+    ClientPrototype,
     adopt_settings,
     apply_prepared_settings,
     attach,
@@ -63,6 +66,25 @@ class AsyncPooledConnection(AsyncConnection[Row]):
     ``OperationalError``, and its cursors can no longer run.
     """
 
+    # attributes of the pool's own in slots: psycopg's stay few enough for Python to share
+    # their keys between instances, which keeps an idle client small (benchmarks: memory)
+    __slots__ = (
+        "_adapters_from",
+        "_box",
+        "_chosen_prepared",
+        "_cursor_factory",
+        "_owner",
+        "_pgpoolkit_handlers",
+        "_pool",
+        "_released",
+        "_rules",
+        "_server_cursor_factory",
+        "_statements",
+        "_timeout",
+        "_transactions",
+        "_unopened",
+    )
+
     #: what this class's cursors add to the cursor classes a user chooses (cursor.py)
     _cursor_mixin: type = AsyncWatchedCursor
     _server_cursor_mixin: type = AsyncWatchedServerCursor
@@ -82,6 +104,8 @@ class AsyncPooledConnection(AsyncConnection[Row]):
     _unopened: bool
     #: closed: its server connection went back to the pool for good
     _released: bool
+    #: the adapters the client's own are copied from, at first use (its pool's)
+    _adapters_from: AdaptersMap
     #: what the policy decides for this client, and what it decided (_client.py)
     _rules: ClientRules
     #: prepare_threshold and prepared_max as the client set them (None: the pool's)
@@ -92,13 +116,17 @@ class AsyncPooledConnection(AsyncConnection[Row]):
     @classmethod
     def _for_pool(cls, pool: AsyncPool, timeout: float | None) -> AsyncPooledConnection[Any]:
         """A new, unopened client of ``pool`` (``pool._open_client()`` opens it)."""
-        self = cls(UNOPENED)
+        prototype = _prototypes.get(cls)
+        if prototype is None and ClientPrototype.applies_to(cls, AsyncConnection):
+            prototype = _prototypes[cls] = ClientPrototype(cls, _FACTORY_SLOTS)
+        self = cls(UNOPENED) if prototype is None else prototype.new(cls)
         mark_closed(self, True)  # not "broken": closed until opened
         self._released = False
         self._owner = pool
         # psycopg's mark of a connection that belongs to a pool (what psycopg_pool sets):
         # libraries look at it; psycopg's own uses of it (close(), __exit__) are overridden
-        self._pool = pool  # type: ignore[assignment]
+        self._pool = pool
+        self._adapters_from = global_adapters
         self._box = []
         self._timeout = timeout
         self._unopened = True
@@ -106,6 +134,15 @@ class AsyncPooledConnection(AsyncConnection[Row]):
         self._chosen_prepared = None
         self._statements = self._transactions = 0
         return self
+
+    @property
+    def adapters(self) -> AdaptersMap:
+        """The connection's adapters (psycopg's): a copy of its pool's, made at first use (an
+        idle client holds none)."""
+        adapters = self._adapters
+        if adapters is None:
+            adapters = self._adapters = AdaptersMap(self._adapters_from)
+        return adapters
 
     # -- the cursor factories: psycopg's or the user's classes, watched (cursor.py) ---------------
 
@@ -358,6 +395,12 @@ class AsyncPooledConnection(AsyncConnection[Row]):
 
 
 _pooled_classes: dict[tuple[type, type], type[AsyncPooledConnection[Any]]] = {}
+
+
+#: client class -> the prototype its clients are copied from (_psycopg.ClientPrototype)
+_prototypes: dict[type[Any], ClientPrototype] = {}
+#: the slots psycopg's __init__ fills in (through the cursor factory properties)
+_FACTORY_SLOTS = ("_cursor_factory", "_server_cursor_factory")
 
 
 def pooled_class(

@@ -65,6 +65,17 @@ _BAD = ConnStatus.BAD
 class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
     """A pooled connection of a transaction- or statement-mode :class:`AsyncPool`."""
 
+    __slots__ = (
+        "_aborted",
+        "_aborted_error",
+        "_aborted_holds",
+        "_bind_lock",
+        "_guard",
+        "_replay",
+        "_state_lock",
+        "_wanted",
+    )
+
     _cursor_mixin = AsyncBindingCursor
     _server_cursor_mixin = AsyncBindingServerCursor
 
