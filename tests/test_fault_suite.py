@@ -532,11 +532,6 @@ def test_server_restart(
 
 @pytest.mark.slow
 @both_kinds
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 item 7: a pool left idle through a server restart keeps its dead idle "
-    "connections (servers_idle=3, 0 backends) until someone asks for one",
-)
 def test_idle_pool_refills_after_restart(
     pg: TemporaryPostgres, rig_factory: Callable[..., Rig], kind: str
 ) -> None:
@@ -979,13 +974,6 @@ def keyboard_interrupt_storm(mode: str, dsn: str, rounds: int) -> str | None:
 
 @pytest.mark.slow
 @both_modes
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 item 6: a KeyboardInterrupt in a thread at the wrong moment loses a slot "
-    "for good (a 'connecting' nothing repairs: servers_idle=1, servers_connecting=1 for "
-    "min_size=2, one backend), or leaves a worker listed but never started (close() raises "
-    "RuntimeError: cannot join thread before it is started)",
-)
 def test_keyboard_interrupt_storm_in_threads(pg: TemporaryPostgres, mode: str) -> None:
     # in a process of its own: a thread left stuck in the pool's code (the threaded pools share
     # one module-wide lock for their workers) takes no other test down with it
@@ -1098,13 +1086,6 @@ def test_fork_with_parent_under_load(
 
 @pytest.mark.slow
 @both_modes
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 (fork): a child forked while a thread of the parent is in "
-    "_acompat.spawn() (which holds the module-wide _workers_lock while the new thread starts) "
-    "inherits that lock held; the Pool's at-fork hook reopens the pool, spawn() waits for the "
-    "lock, and the child hangs in os.fork() itself",
-)
 def test_fork_while_the_pool_starts_threads(
     pg: TemporaryPostgres, rig_factory: Callable[..., Rig], mode: str
 ) -> None:

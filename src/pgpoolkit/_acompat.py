@@ -12,6 +12,7 @@ import atexit
 import contextlib
 import functools
 import math
+import os
 import sys
 import threading
 import time
@@ -281,9 +282,20 @@ def _at_exit() -> None:
     _exiting = True
 
 
-#: guards the threaded pools' worker sets: a thread is listed and started in one step, so that
-#: gather() never sees a thread not started yet, nor a set changing while it copies it
+#: guards the threaded pools' worker sets, so that gather() never copies a set while it
+#: changes; never held while a thread starts (a process forked then would inherit it held)
 _workers_lock = threading.Lock()
+
+
+def _renew_workers_lock_in_child() -> None:
+    # a thread of the parent may have held it at the fork: the child's pools (reopened by
+    # pool.py's at-fork hook, registered after this one) need it free
+    global _workers_lock
+    _workers_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_workers_lock_in_child)
 
 
 def spawn(workers: set[Worker], func: Callable[..., None], *args: Any, name: str) -> None:
@@ -300,7 +312,13 @@ def spawn(workers: set[Worker], func: Callable[..., None], *args: Any, name: str
     thread = threading.Thread(target=run, name=name, daemon=True)
     with _workers_lock:
         workers.add(thread)
+    try:
         thread.start()
+    except BaseException:  # not started (interrupted, or no more threads): not listed
+        if thread.ident is None:
+            with _workers_lock:
+                workers.discard(thread)
+        raise
 
 
 def aspawn(
@@ -349,7 +367,7 @@ def gather(workers: Iterable[Worker], timeout: float) -> None:
     with _workers_lock:
         workers = list(workers)
     for worker in workers:
-        if worker is not current:
+        if worker is not current and worker.ident is not None:  # (listed, not started yet)
             worker.join(max(0.0, deadline - time.monotonic()))
 
 
