@@ -22,6 +22,9 @@ from .policies import Policy, policy_for_mode
 
 _pool_numbers = itertools.count(1)
 
+#: the directory of pgpoolkit's files (its frames are left out of a leak report's stack)
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
 
 @dataclass(frozen=True, slots=True)
 class Parameter:

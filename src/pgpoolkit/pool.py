@@ -37,6 +37,7 @@ from ._acompat import (
 )
 from ._client import Answers, binds_for_the_session
 from ._config import (
+    PACKAGE_DIR,
     PoolConfig,
     check_callback,
     check_connection_class,
@@ -1036,9 +1037,8 @@ class Pool:
             for slot in held:
                 stacks.append((slot, slot.leak_stack, now - slot.checked_out_at))
                 slot.leak_stack = None
-        package = os.path.dirname(os.path.dirname(__file__))
         for slot, stack, seconds in stacks:
-            while stack and stack[-1].filename.startswith(package):
+            while stack and stack[-1].filename.startswith(PACKAGE_DIR):
                 stack.pop()  # the pool's own frames: the application's are what matter
             client = next((c for c in _snapshot(self._clients) if c._slot is slot), None)
             status = TransactionStatus(slot.conn.pgconn.transaction_status).name
