@@ -47,6 +47,10 @@ class HandBack(NamedTuple):
     unpinned: bool
 
 
+#: what a client that changed nothing hands back
+_CLEAN = HandBack(False, False, False)
+
+
 def binds_for_the_session(policy: Policy) -> bool:
     """The policy binds a client at connect and never releases it before close (session
     pooling): its clients borrow a server connection once, not per transaction."""
@@ -229,6 +233,9 @@ class ClientRules:
 
     def hand_back(self) -> HandBack:
         """The server connection goes back: what the pool must do, and a clean slate."""
+        if not (self.dirty or self.discard or self.pins):  # the common case: no allocation
+            self.undo_pending = _NONE
+            return _CLEAN
         back = HandBack(self.dirty, self.discard, bool(self.pins))
         self.dirty = self.discard = False
         self.pins = self.undo_pending = _NONE

@@ -311,9 +311,9 @@ class PooledConnection(Connection[Row]):
         """The server connection goes back: what the pool must do with it, the statements and
         transactions run on it; the client starts afresh."""
         back = self._rules.hand_back()
-        counts = (self._statements, self._transactions)
+        statements, transactions = self._statements, self._transactions
         self._statements = self._transactions = 0
-        return back, *counts
+        return back, statements, transactions
 
     def commit(self) -> None:
         self._transactions += 1
