@@ -253,9 +253,7 @@ def reported_changed(slot: Any) -> bool:
     """The server reported a session parameter changing since the connection was opened (or
     since the pool last set its clients' settings on it)."""
     try:
-        return bool(
-            tuple(map(slot.conn.pgconn.parameter_status, REPORTED_PARAMETERS)) != slot.reported
-        )
+        return bool(reported_parameters(slot.conn.pgconn) != slot.reported)
     except Exception:  # a closed connection: it will not be reused anyway
         return False
 
