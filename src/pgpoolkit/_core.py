@@ -266,16 +266,6 @@ class PoolCore(Generic[T]):
         self.check_failures += 1
         self.last_error = error
 
-    def drop_dead_idle(self, alive: Callable[[Slot[T]], bool]) -> None:
-        """Close the idle connections ``alive`` finds dead (a server restart, a terminated
-        backend): the attempts to replace them start without waiting for a request."""
-        dead = [slot for slot in self.idle if not alive(slot)]
-        if dead:
-            self.idle = [slot for slot in self.idle if slot not in dead]
-            for slot in dead:
-                self.connections_lost += 1
-                self._close(slot)
-
     def client_released(self, unpinned: bool, statements: int, transactions: int) -> None:
         """A client gave its server connection back: account what it did with it."""
         if unpinned:
@@ -398,13 +388,19 @@ class PoolCore(Generic[T]):
 
     # -- maintenance ----------------------------------------------------------------------------
 
-    def maintain(self, now: float) -> float:
-        """Close idle connections past their lifetime, or idle longer than max_idle while the
-        pool is above min_size; returns the seconds until the next maintenance is due."""
+    def maintain(self, now: float, alive: Callable[[Slot[T]], bool] | None = None) -> float:
+        """Close idle connections past their lifetime, idle longer than max_idle while the
+        pool is above min_size, or found dead by ``alive`` (the shell's look at the socket: a
+        server restart, a terminated backend; replaced without waiting for a request); returns
+        the seconds until the next maintenance is due."""
         size = len(self.idle) + self.in_use
         keep: list[Slot[T]] = []
         for slot in self.idle:  # the bottom of the stack has been idle the longest
-            if slot.expires_at <= now or (
+            if alive is not None and not alive(slot):
+                self.connections_lost += 1
+                self._close(slot)
+                size -= 1
+            elif slot.expires_at <= now or (
                 now - slot.last_used >= self.max_idle and size > self.min_size
             ):
                 self._close(slot)

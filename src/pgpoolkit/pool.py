@@ -1006,8 +1006,7 @@ class Pool:
         and old ones, roll back idle transactions, report leaks. Returns the seconds until the
         next round."""
         with self._lock:
-            self._core.drop_dead_idle(_alive)
-            delay = min(self._core.maintain(monotonic()), IDLE_PROBE_INTERVAL)
+            delay = min(self._core.maintain(monotonic(), _alive), IDLE_PROBE_INTERVAL)
         self._do_work()
         limit = self.idle_in_transaction_timeout
         if limit is not None:

@@ -1017,8 +1017,7 @@ class AsyncPool:
         and old ones, roll back idle transactions, report leaks. Returns the seconds until the
         next round."""
         with self._lock:
-            self._core.drop_dead_idle(_alive)
-            delay = min(self._core.maintain(monotonic()), IDLE_PROBE_INTERVAL)
+            delay = min(self._core.maintain(monotonic(), _alive), IDLE_PROBE_INTERVAL)
         await self._do_work()
         limit = self.idle_in_transaction_timeout
         if limit is not None:
