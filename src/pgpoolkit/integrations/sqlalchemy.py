@@ -175,6 +175,16 @@ class _PgpoolkitDialect:
     _json_serializer: Any
     _json_deserializer: Any
 
+    def __init__(
+        self,
+        pgpoolkit_pool: Pool | AsyncPool | None = None,
+        client_encoding: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        psycopg_dialect: Any = super()  # (SQLAlchemy's psycopg dialect is not annotated)
+        psycopg_dialect.__init__(**kwargs)
+        self._init_pgpoolkit(pgpoolkit_pool, client_encoding)
+
     def _init_pgpoolkit(
         self, pgpoolkit_pool: Pool | AsyncPool | None, client_encoding: str | None
     ) -> None:
@@ -274,16 +284,6 @@ class PGDialect_pgpoolkit(_PgpoolkitDialect, PGDialect_psycopg):
     supports_statement_cache = True
     _pool_class = Pool
 
-    def __init__(
-        self,
-        pgpoolkit_pool: Pool | None = None,
-        client_encoding: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        psycopg_dialect: Any = super()  # (SQLAlchemy's psycopg dialect is not annotated)
-        psycopg_dialect.__init__(**kwargs)
-        self._init_pgpoolkit(pgpoolkit_pool, client_encoding)
-
     @classmethod
     def get_async_dialect_cls(cls, url: URL) -> type[PGDialectAsync_pgpoolkit]:
         return PGDialectAsync_pgpoolkit
@@ -333,16 +333,6 @@ class PGDialectAsync_pgpoolkit(_PgpoolkitDialect, PGDialectAsync_psycopg):
 
     supports_statement_cache = True
     _pool_class = AsyncPool
-
-    def __init__(
-        self,
-        pgpoolkit_pool: AsyncPool | None = None,
-        client_encoding: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        psycopg_dialect: Any = super()  # (SQLAlchemy's psycopg dialect is not annotated)
-        psycopg_dialect.__init__(**kwargs)
-        self._init_pgpoolkit(pgpoolkit_pool, client_encoding)
 
     def connect(self, *cargs: Any, **cparams: Any) -> Any:
         """A pooled connection: ``await pool.connect()`` with the ``connect_args`` settings,
