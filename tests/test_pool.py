@@ -1232,21 +1232,20 @@ def test_an_interrupt_while_a_client_gives_back_its_connection_loses_no_slot(
     """KeyboardInterrupt after a client let go of its server connection and before the pool
     took it back (issue 12: that slot was lost for good): the pool takes it, closed, and
     replaces it."""
-    import pgpoolkit.pool as pool_module
-
-    real = pool_module.restore_prepared_settings
     interrupted = []
-
-    def interrupt_once(*args: Any) -> None:
-        if not interrupted:
-            interrupted.append(True)
-            raise KeyboardInterrupt
-        real(*args)
 
     with make_pool(dsn, app, mode=mode, min_size=1, max_size=1) as pool:
         client = pool.connect()
         client.execute("SELECT 1")
-        monkeypatch.setattr(pool_module, "restore_prepared_settings", interrupt_once)
+        real = type(client)._hand_back  # called by the pool once the client let go
+
+        def interrupt_once(self: Any) -> Any:
+            if not interrupted:
+                interrupted.append(True)
+                raise KeyboardInterrupt
+            return real(self)
+
+        monkeypatch.setattr(type(client), "_hand_back", interrupt_once)
         with pytest.raises(KeyboardInterrupt):
             if mode == "session":
                 client.close()

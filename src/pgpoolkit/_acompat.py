@@ -265,6 +265,28 @@ class AGuard:
 #: into it awaits, so it is never contended: a C lock is the cheapest context manager there is
 #: (cheaper than a Python class whose __enter__ does nothing).
 ALock = threading.Lock
+#: yields of the GIL before a contended pool lock is waited for in the kernel (wait_for_lock)
+LOCK_SPINS = 20
+
+
+def wait_for_lock(lock: Any) -> None:
+    """Take ``lock`` (a pool's), which another thread holds: let the holder finish first.
+
+    A pool's lock is held for a few bytecodes and never across I/O, so its holder is most
+    likely runnable and waiting for the GIL, taken from it in the middle of those bytecodes
+    (CPython switches threads every 5 ms). Blocking on the lock straight away puts this thread
+    to sleep in the kernel and every thread after it too (a convoy: with 4 threads checking
+    out at once, a lock and a list cost 1.8 us per checkout and return instead of 0.3 us).
+    Yielding the GIL lets the holder release the lock within a few yields; past LOCK_SPINS of
+    them (a holder that is not running), this thread blocks.
+    """
+    for _ in range(LOCK_SPINS):
+        time.sleep(0)  # releases the GIL: the holder runs
+        if lock.acquire(False):
+            return
+    lock.acquire()
+
+
 #: a pause (the pool manager's drain polls the pool it deletes)
 sleep = time.sleep
 asleep = asyncio.sleep

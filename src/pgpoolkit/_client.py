@@ -224,9 +224,8 @@ class ClientRules:
 
     def on_close(self, bound: bool, in_transaction: bool) -> None:
         """The client closes: a policy answering RESET resets the session whatever the client
-        did (a multi-tenant application that trusts nothing a client leaves)."""
-        if not self.answers.close_may_reset:
-            return
+        did (a multi-tenant application that trusts nothing a client leaves). Only asked
+        when ``answers.close_may_reset``."""
         action = self.policy.decide(self.state(bound, in_transaction), Event.CLOSE)
         if action is Action.RESET:
             self.dirty = True

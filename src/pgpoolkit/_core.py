@@ -48,6 +48,7 @@ class Slot(Generic[T]):
     __slots__ = (
         "budget_slot",
         "checked_out_at",
+        "client_start",
         "conn",
         "created_at",
         "defaults",
@@ -86,6 +87,8 @@ class Slot(Generic[T]):
         self.budget_slot: int | None = None
         #: with leak_timeout: the stack that checked it out, until a leak is reported
         self.leak_stack: Any = None
+        #: what the shell's session-mode clients bound to it start with (settings, factories)
+        self.client_start: Any = None
 
 
 class Waiter(Protocol[T]):
@@ -180,9 +183,23 @@ class PoolCore(Generic[T]):
             self._close(slot)
         return None
 
-    def checkin(self, slot: Slot[T], now: float, reusable: bool, surrender: bool = False) -> None:
+    def checkin(
+        self,
+        slot: Slot[T],
+        now: float,
+        reusable: bool,
+        surrender: bool = False,
+        statements: int = 0,
+        transactions: int = 0,
+        unpinned: bool = False,
+    ) -> None:
         """A connection comes back from a client: reuse it, or close it if it must go
-        (``surrender``: a sibling pool needs the room, under a shared budget)."""
+        (``surrender``: a sibling pool needs the room, under a shared budget). ``statements``,
+        ``transactions``, ``unpinned``: what the client did with it (as ``client_released``)."""
+        if unpinned:
+            self.clients_pinned -= 1
+        self.statements += statements
+        self.transactions += transactions
         slot.out = False
         self.in_use -= 1
         self.usage_ms += (now - slot.checked_out_at) * 1000.0

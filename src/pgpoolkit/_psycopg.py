@@ -33,7 +33,7 @@ __all__ = [
     "BetweenTransactions",
     "ClientPrototype",
     "ServerDefaults",
-    "adopt_settings",
+    "adopted_settings",
     "apply_prepared_settings",
     "attach",
     "check_connection_ok",
@@ -298,22 +298,22 @@ def tpc_begun(conn: BaseConnection[Any]) -> bool:
     return conn._tpc is not None and not conn._tpc[1]
 
 
-def adopt_settings(
-    client: BaseConnection[Any], template: BaseConnection[Any], autocommit: bool | None
-) -> None:
-    """Give a new client the settings, factories and adapters of a server connection (those
-    the pool's ``kwargs`` and ``configure`` gave it; ``autocommit``, if not None, the
-    policy's): its starting point. What the client changes after that is its own."""
-    client.row_factory = template.row_factory  # type: ignore[attr-defined]
-    client.cursor_factory = template.cursor_factory  # type: ignore[attr-defined]
-    client.server_cursor_factory = template.server_cursor_factory  # type: ignore[attr-defined]
-    client._autocommit = template._autocommit if autocommit is None else autocommit
-    client._isolation_level = template._isolation_level
-    client._read_only = template._read_only
-    client._deferrable = template._deferrable
-    client._begin_statement = template._begin_statement
-    client._adapters = None  # a copy of the template's at first use (the client's adapters)
-    client._adapters_from = template.adapters  # type: ignore[attr-defined]
+def adopted_settings(template: BaseConnection[Any], autocommit: bool | None) -> dict[str, Any]:
+    """What a new client takes of a server connection (the settings the pool's ``kwargs`` and
+    ``configure`` gave it; ``autocommit``, if not None, the policy's), as entries of the
+    client's ``__dict__``: its starting point, set in one update. What the client changes
+    after that is its own. (The cursor factories and adapters, which the client class keeps
+    in slots, are its ``_start_from()``'s.)"""
+    return {
+        "_closed": False,
+        "row_factory": template.row_factory,  # type: ignore[attr-defined]
+        "_autocommit": template._autocommit if autocommit is None else autocommit,
+        "_isolation_level": template._isolation_level,
+        "_read_only": template._read_only,
+        "_deferrable": template._deferrable,
+        "_begin_statement": template._begin_statement,
+        "_adapters": None,  # a copy of the template's at first use (the client's adapters)
+    }
 
 
 _THREAD_LOCK = type(threading.Lock())

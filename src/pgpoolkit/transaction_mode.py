@@ -48,7 +48,7 @@ from ._session_state import (
     StatementInfo,
     plain_setting,
 )
-from .connection import PooledConnection
+from .connection import ClientStart, PooledConnection
 from .cursor import BindingCursor, BindingServerCursor
 from .errors import IdleInTransactionTimeout
 from .policies import Event
@@ -116,8 +116,8 @@ class TransactionModeConnection(PooledConnection[Row]):
         self._replay = None
         return self
 
-    def _opened(self, template: Connection[Any] | None) -> None:
-        super()._opened(template)
+    def _opened(self, start: ClientStart) -> None:
+        super()._opened(start)
         self.pgconn = self._owner._between
 
     # -- binding per transaction ------------------------------------------------------------------
@@ -150,7 +150,11 @@ class TransactionModeConnection(PooledConnection[Row]):
         with self._state_lock:
             rules.users += 1
         try:
-            if info is not PLAIN or event is not Event.STATEMENT or not self._box:
+            plain = info is PLAIN and event is Event.STATEMENT
+            if plain and rules.answers.statement_allowed_when_idle:
+                if not self._box:  # the common case: a plain statement, to bind for
+                    self._bind_once()
+            elif info is not PLAIN or event is not Event.STATEMENT or not self._box:
                 kept = bool(info.changes) and self._keeps_setting(info, query, params)
                 pinned_now = rules.before(
                     info, event, detail, bool(self._box), self._in_transaction(), kept

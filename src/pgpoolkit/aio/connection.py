@@ -21,7 +21,7 @@ the query. Transaction and statement modes bind per transaction: ``transaction_m
 from __future__ import annotations
 
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, cast, get_origin
+from typing import TYPE_CHECKING, Any, NamedTuple, cast, get_origin
 
 from psycopg import AsyncConnection
 from psycopg import adapters as global_adapters
@@ -36,7 +36,7 @@ from .._psycopg import (
     RETURNED,
     UNOPENED,
     ClientPrototype,
-    adopt_settings,
+    adopted_settings,
     apply_prepared_settings,
     attach,
     check_connection_ok,
@@ -45,7 +45,7 @@ from .._psycopg import (
     prepared_settings,
 )
 from .._session_state import HELD, PLAIN, inspect_query, merge_info
-from ..policies import ClientState, Event
+from ..policies import ClientState, Event, Policy
 from .cursor import AsyncWatchedCursor, AsyncWatchedServerCursor, watched
 
 if TYPE_CHECKING:
@@ -152,12 +152,7 @@ class AsyncPooledConnection(AsyncConnection[Row]):
 
     @cursor_factory.setter
     def cursor_factory(self, factory: Any) -> None:
-        cls = self._watched_classes.get(factory)  # every client sets it twice: a dict lookup
-        if cls is None:
-            cls = self._watched_classes[factory] = watched(
-                factory, self._cursor_mixin, self._server_cursor_mixin
-            )
-        self._cursor_factory = cls
+        self._cursor_factory = self._watched(factory)
 
     @property
     def server_cursor_factory(self) -> Any:
@@ -165,12 +160,17 @@ class AsyncPooledConnection(AsyncConnection[Row]):
 
     @server_cursor_factory.setter
     def server_cursor_factory(self, factory: Any) -> None:
-        cls = self._watched_classes.get(factory)
-        if cls is None:
-            cls = self._watched_classes[factory] = watched(
-                factory, self._cursor_mixin, self._server_cursor_mixin
+        self._server_cursor_factory = self._watched(factory)
+
+    @classmethod
+    def _watched(cls, factory: Any) -> Any:
+        """``factory`` (a cursor class) with this class's cursor mixins."""
+        watched_cls = cls._watched_classes.get(factory)  # made once per cursor class
+        if watched_cls is None:
+            watched_cls = cls._watched_classes[factory] = watched(
+                factory, cls._cursor_mixin, cls._server_cursor_mixin
             )
-        self._server_cursor_factory = cls
+        return watched_cls
 
     _check_connection_ok = check_connection_ok
 
@@ -224,13 +224,27 @@ class AsyncPooledConnection(AsyncConnection[Row]):
         box = self._box
         return box[0] if box else None
 
-    def _opened(self, template: AsyncConnection[Any] | None) -> None:
-        """Counted in by the pool: take the pool's settings (from ``template``, a server
-        connection; session mode takes them from its own at its bind)."""
+    @classmethod
+    def _start_from(cls, template: AsyncConnection[Any], policy: Policy) -> ClientStart:
+        """What the clients of this class and ``policy`` start with, taken from ``template``
+        (a server connection of the pool, as the pool made it): the pool keeps it, and each
+        new client takes it in one step (``_opened``)."""
+        return ClientStart(
+            cls,
+            policy,
+            adopted_settings(template, policy.autocommit),
+            cls._watched(template.cursor_factory),
+            cls._watched(template.server_cursor_factory),
+            template.adapters,
+        )
+
+    def _opened(self, start: ClientStart) -> None:
+        """Counted in by the pool: take the pool's settings (``_start_from()``)."""
         self._unopened = False
-        mark_closed(self, False)
-        if template is not None:
-            adopt_settings(self, template, self._owner.policy.autocommit)
+        self.__dict__.update(start.fields)  # (psycopg's "closed by close()" flag too)
+        self._cursor_factory = start.cursor_factory
+        self._server_cursor_factory = start.server_cursor_factory
+        self._adapters_from = start.adapters
 
     def _forget_after_fork(self) -> None:
         """This process was forked: the server connection the client holds is the parent's.
@@ -329,8 +343,10 @@ class AsyncPooledConnection(AsyncConnection[Row]):
         if self._released or self._unopened:
             return
         self._released = True
-        bound = bool(self._box)
-        self._rules.on_close(bound, bound and self.pgconn.transaction_status != _IDLE)
+        rules = self._rules
+        if rules.answers.close_may_reset:
+            bound = bool(self._box)
+            rules.on_close(bound, bound and self.pgconn.transaction_status != _IDLE)
         mark_closed(self, True)
         pool = self._owner
         slot = None
@@ -344,7 +360,7 @@ class AsyncPooledConnection(AsyncConnection[Row]):
                 pool._settle(slot, lease)
             raise
         finally:
-            pool._clients.discard(self)
+            pool._clients.pop(id(self), None)
 
     def _take_slot(self, standin: Any) -> Slot[AsyncConnection[Any]] | None:
         """Claim the bound server connection (one pop: whichever thread claims it first) and
@@ -390,8 +406,31 @@ class AsyncPooledConnection(AsyncConnection[Row]):
     def __del__(self) -> None:  # type: ignore[override]
         # dropped without close(): the pool takes the server connection back all the same
         box = getattr(self, "_box", None)
+        if box is None:  # not made by a pool
+            return
+        clients = self._owner._clients
+        held = clients.get(id(self))
+        if held is not None:
+            client = held()
+            if client is self or client is None:  # (None: collected in a cycle)
+                clients.pop(id(self), None)
         if box:
             self._owner._client_lost(box[0], self._rules.pinned)
+
+
+class ClientStart(NamedTuple):
+    """What a new client takes of a server connection: its settings, factories and adapters
+    (``AsyncPooledConnection._start_from``)."""
+
+    #: the client class and policy it was made for (a mode change makes a new one)
+    cls: type[Any]
+    policy: Policy
+    #: entries of the client's ``__dict__`` (_psycopg.adopted_settings)
+    fields: dict[str, Any]
+    cursor_factory: Any
+    server_cursor_factory: Any
+    #: the adapters the client's own are copied from, at first use
+    adapters: AdaptersMap
 
 
 _pooled_classes: dict[tuple[type, type], type[AsyncPooledConnection[Any]]] = {}

@@ -34,6 +34,7 @@ from .._acompat import (
     agather,
     aspawn,
     aspawn_detached,
+    wait_for_lock,
 )
 from .._client import Answers, binds_for_the_session
 from .._config import (
@@ -66,7 +67,7 @@ from ..errors import NoFreeSlot, PoolTimeout, TooManyClients
 from ..policies import Action, ClientState, Policy, policy_for_mode
 from ..policies import Event as ClientEvent
 from ..stats import PoolStats
-from .connection import AsyncPooledConnection, pooled_class
+from .connection import AsyncPooledConnection, ClientStart, pooled_class
 from .transaction_mode import AsyncTransactionModeConnection
 
 __all__ = ["AsyncPool"]
@@ -188,6 +189,8 @@ class AsyncPool:
         self._leak_timeout = self._config.leak_timeout
         #: the first server connection opened: where new clients take their settings from
         self._template: AsyncConnection[Any] | None = None
+        #: what the clients of a transaction-mode pool start with (taken from _template)
+        self._template_start: ClientStart | None = None
         #: what transaction-mode clients hold between transactions (made with the template)
         self._between: Any = None
         self._use_policy(self.policy)
@@ -199,7 +202,9 @@ class AsyncPool:
         #: the connections handed out by getconn() and not yet given back to putconn()
         self._lent: dict[AsyncConnection[Any], Slot[AsyncConnection[Any]]] = {}
         #: the open clients (pooled connections), for max_clients and the client stats
-        self._clients: weakref.WeakSet[Client] = weakref.WeakSet()
+        #: the open clients, by id (a weak reference each: a client dropped without close()
+        #: is collected, and its finalizer removes it; cheaper than a WeakSet on the hot path)
+        self._clients: dict[int, weakref.ref[Client]] = {}
         self._pinned_logged = False
         self._loop: asyncio.AbstractEventLoop | None = None  # sync: self._loop: object = None
         self._configure = configure
@@ -259,7 +264,7 @@ class AsyncPool:
         was_open = self._core.opened and not self._core.closed
         for client in _snapshot(self._clients):
             client._forget_after_fork()
-        self._clients = weakref.WeakSet()
+        self._clients = {}
         self._lent = {}
         self._core = PoolCore(self._config)
         self._deadlines = ADeadlines(self._core.waiters)
@@ -541,20 +546,26 @@ class AsyncPool:
                         f"max_clients={self.max_clients} are open. Close the clients you are "
                         "done with, or raise max_clients"
                     )
-                self._clients.add(client)
+                self._clients[id(client)] = weakref.ref(client)
         else:
-            self._clients.add(client)
+            self._clients[id(client)] = weakref.ref(client)
         try:
-            template: AsyncConnection[Any] | None
+            cls, policy = self._client_class, self.policy
             if self._session_clients:
-                template = (await client._bind(timeout)).conn
+                slot = await client._bind(timeout)
+                start = slot.client_start
+                if start is None or start.cls is not cls or start.policy is not policy:
+                    start = slot.client_start = cls._start_from(slot.conn, policy)
             else:
-                if self._template is None:  # no server connection yet to take settings from
-                    await self._release(await self._acquire(timeout))
-                template = self._template
-            client._opened(template)
+                start = self._template_start
+                if start is None or start.cls is not cls or start.policy is not policy:
+                    if self._template is None:  # no server connection yet to take it from
+                        await self._release(await self._acquire(timeout))
+                    assert self._template is not None
+                    start = self._template_start = cls._start_from(self._template, policy)
+            client._opened(start)
         except BaseException:
-            self._clients.discard(client)
+            self._clients.pop(id(client), None)
             await client._abandon()
             raise
 
@@ -591,7 +602,8 @@ class AsyncPool:
         settings) is undone; what it changed on its own connection object stays there.
         ``checked``: the caller compared the reported session parameters already."""
         conn = slot.conn
-        restore_prepared_settings(conn, slot.defaults.prepared)
+        if client._chosen_prepared is not None:  # (what else changes them is psycopg's)
+            restore_prepared_settings(conn, slot.defaults.prepared)
         back, statements, transactions = client._hand_back()
         dirty, discard, pinned = back
         if statements and not dirty and not checked and reported_changed(slot):
@@ -613,12 +625,17 @@ class AsyncPool:
         deadline = t0 + timeout
         retry = queued = False
         while True:
-            with self._lock:
+            lock = self._lock  # (not "with": a contended lock is waited for in wait_for_lock)
+            if not lock.acquire(False):
+                wait_for_lock(lock)
+            try:
                 slot = core.checkout(t0, retry)
                 if slot is None:
                     waiter: AWaiter[AsyncConnection[Any]] = AWaiter(deadline)
                     core.enqueue(waiter, queued)
                     self._deadlines.watch(deadline)
+            finally:
+                lock.release()
             if slot is None:
                 queued = True
                 slot = await self._wait(waiter, t0, timeout)
@@ -719,10 +736,13 @@ class AsyncPool:
         core = self._core
         budget = self._shared_budget
         surrender = budget is not None and reusable and budget.should_surrender(self)
-        with self._lock:
-            core.checkin(slot, monotonic(), reusable, surrender)
-            if unpin or statements:
-                core.client_released(unpin, statements, transactions)
+        lock = self._lock
+        if not lock.acquire(False):
+            wait_for_lock(lock)
+        try:
+            core.checkin(slot, monotonic(), reusable, surrender, statements, transactions, unpin)
+        finally:
+            lock.release()
         if core.work:
             await self._do_work()
 
@@ -785,6 +805,7 @@ class AsyncPool:
             # a pooled connection that changed no setting has nothing to restore
             if touched or dirty:
                 await _restore_settings(conn, slot.settings)
+                restore_prepared_settings(conn, slot.defaults.prepared)
         except Exception as ex:  # e.g. a transaction() block still open: can't reuse it
             logger.warning("pool %r: could not restore connection settings: %s", self.name, ex)
             return False
@@ -1315,14 +1336,15 @@ def _drop_stand_ins_at_exit() -> None:
 atexit.register(_drop_stand_ins_at_exit)
 
 
-def _snapshot(clients: weakref.WeakSet[Client]) -> list[Client]:
-    """The clients now: the set is added to without the pool's lock (by connect() in other
-    threads), and a set changing while it is copied raises RuntimeError: copy again."""
+def _snapshot(clients: dict[int, weakref.ref[Client]]) -> list[Client]:
+    """The clients now: the registry is added to without the pool's lock (by connect() in
+    other threads), and a dict changing while it is copied raises RuntimeError: copy again."""
     while True:
         try:
-            return list(clients)
+            refs = list(clients.values())
         except RuntimeError:
             continue
+        return [client for ref in refs if (client := ref()) is not None]
 
 
 def _describe_error(ex: BaseException) -> str:

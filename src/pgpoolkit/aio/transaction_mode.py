@@ -48,7 +48,7 @@ from .._session_state import (
 )
 from ..errors import IdleInTransactionTimeout
 from ..policies import Event
-from .connection import AsyncPooledConnection
+from .connection import AsyncPooledConnection, ClientStart
 from .cursor import AsyncBindingCursor, AsyncBindingServerCursor
 
 if TYPE_CHECKING:
@@ -114,8 +114,8 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
         self._replay = None
         return self
 
-    def _opened(self, template: AsyncConnection[Any] | None) -> None:
-        super()._opened(template)
+    def _opened(self, start: ClientStart) -> None:
+        super()._opened(start)
         self.pgconn = self._owner._between
 
     # -- binding per transaction ------------------------------------------------------------------
@@ -148,7 +148,11 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
         with self._state_lock:
             rules.users += 1
         try:
-            if info is not PLAIN or event is not Event.STATEMENT or not self._box:
+            plain = info is PLAIN and event is Event.STATEMENT
+            if plain and rules.answers.statement_allowed_when_idle:
+                if not self._box:  # the common case: a plain statement, to bind for
+                    await self._bind_once()
+            elif info is not PLAIN or event is not Event.STATEMENT or not self._box:
                 kept = bool(info.changes) and self._keeps_setting(info, query, params)
                 pinned_now = rules.before(
                     info, event, detail, bool(self._box), self._in_transaction(), kept
