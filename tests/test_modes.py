@@ -19,6 +19,7 @@ from functools import partial
 from typing import Any
 
 import psycopg
+import psycopg.rows
 import pytest
 from psycopg import sql
 from psycopg.pq import TransactionStatus
@@ -1365,3 +1366,42 @@ def test_broken_server_connection_goes_back_at_once(dsn: str, admin: Admin, app:
             c.commit()
             c.close()
         assert pool.stats().servers_active == 0
+
+
+# -- what a new client starts with ----------------------------------------------------------------
+
+
+def test_clients_opened_after_set_mode_follow_the_new_mode(dsn: str, app: str) -> None:
+    """The settings a client starts with are kept per server connection and per mode: a mode
+    change gives the clients opened after it the new mode's class and settings (statement
+    mode's autocommit), and leaves those open before it as they were."""
+    with make_pool(dsn, app, mode="session", min_size=1, max_size=2) as pool:
+        before = pool.connect()
+        assert not before.autocommit and before.state is ClientState.BOUND
+        pool.set_mode("transaction")
+        during = pool.connect()
+        assert not during.autocommit and during.state is ClientState.IDLE
+        pool.set_mode("statement")
+        after = pool.connect()
+        assert after.autocommit  # statement mode's clients are autocommit
+        assert one(after, "SELECT 1") == 1 and after.state is ClientState.IDLE
+        pool.set_mode("session")
+        with pool.connection() as again:  # back to session: bound, the pool's own setting
+            assert not again.autocommit and again.state is ClientState.BOUND
+        assert before.state is ClientState.BOUND  # still its session-mode self
+        for client in (before, during, after):
+            client.close()
+
+
+def test_a_getconn_users_changes_do_not_reach_the_next_client(dsn: str, app: str) -> None:
+    """A getconn() user may change the raw connection's prepare_threshold and row factory:
+    the next client of that server connection starts from the pool's settings all the same."""
+    with make_pool(dsn, app, min_size=1, max_size=1) as pool:
+        raw = pool.getconn()
+        default = raw.prepare_threshold
+        raw.prepare_threshold = None
+        raw.row_factory = psycopg.rows.dict_row
+        pool.putconn(raw)
+        with pool.connection() as client:
+            assert client.prepare_threshold == default
+            assert client.execute("SELECT 1 AS one").fetchone() == (1,)

@@ -1256,3 +1256,47 @@ def test_an_interrupt_while_a_client_gives_back_its_connection_loses_no_slot(
         with pool.connection(timeout=5) as conn:  # the one slot is still there
             assert conn.execute("SELECT 1").fetchone() == (1,)
         client.close()
+
+
+def test_a_checkout_that_finds_the_pool_lock_held_waits_for_it(dsn: str, app: str) -> None:
+    """A checkout that finds the pool's lock held yields the GIL a few times (a holder taken
+    off the GIL in the middle of its few bytecodes finishes then), then blocks on the lock: it
+    never goes on without the lock, and is served as soon as the lock is free."""
+    with make_pool(dsn, app, min_size=1, max_size=1) as pool:
+        pool.wait(5)
+        got: list[Any] = []
+        pool._lock.acquire()  # a holder that does not run: it waits for this test
+        try:
+            taker = threading.Thread(target=lambda: got.append(pool.getconn()))
+            taker.start()
+            taker.join(0.3)  # far longer than LOCK_SPINS yields take
+            assert taker.is_alive() and not got, "the checkout went on without the lock"
+        finally:
+            pool._lock.release()
+        taker.join(5)
+        assert not taker.is_alive() and len(got) == 1
+        pool.putconn(got[0])
+        assert pool.stats().servers_active == 0
+
+
+def test_wait_for_lock_takes_a_lock_released_while_it_yields() -> None:
+    """wait_for_lock() takes the lock as soon as its holder lets go, whether that happens
+    while it yields the GIL or after it blocked."""
+    from pgpoolkit._acompat import wait_for_lock
+
+    for hold in (0.0, 0.05):
+        lock = threading.Lock()
+        lock.acquire()
+        thread = threading.Thread(target=_release_after, args=(lock, hold))
+        thread.start()
+        wait_for_lock(lock)
+        assert lock.locked()
+        lock.release()
+        thread.join(5)
+        assert not thread.is_alive()
+
+
+def _release_after(lock: Any, seconds: float) -> None:
+    if seconds:  # not runnable meanwhile: the waiter stops yielding and blocks
+        threading.Event().wait(seconds)
+    lock.release()

@@ -938,8 +938,12 @@ class AsyncPool:
                     continue
                 probe = make_probe(conn, _PROBE_HOLDS_GIL)
                 defaults = server_defaults(conn)
+                # what clients start with: the connection as the pool made it, not as a
+                # getconn() user may leave it
+                start = self._client_class._start_from(conn, self.policy)
                 if self._template is None:
                     self._template = conn
+                    self._template_start = start
                     self._between = BetweenTransactions(self.policy.name, conn.pgconn)
                 now = monotonic()
                 with self._lock:
@@ -947,6 +951,7 @@ class AsyncPool:
                     counted = ticket = False  # the connection holds it now
                     slot.probe = probe
                     slot.defaults = defaults
+                    slot.client_start = start
                     slot.settings = defaults.settings
                     slot.reported = defaults.reported
                     slot.budget_slot = slot_number
