@@ -197,9 +197,9 @@ class Pool:
         self._slots: tuple[int, int] | None = None
         #: the connections handed out by getconn() and not yet given back to putconn()
         self._lent: dict[Connection[Any], Slot[Connection[Any]]] = {}
-        #: the open clients (pooled connections), for max_clients and the client stats
-        #: the open clients, by id (a weak reference each: a client dropped without close()
-        #: is collected, and its finalizer removes it; cheaper than a WeakSet on the hot path)
+        #: the open clients (pooled connections), for max_clients and the client stats: by id,
+        #: a weak reference each (a client dropped without close() is collected, and its
+        #: finalizer removes it), which costs less than a WeakSet's add and discard
         self._clients: dict[int, weakref.ref[Client]] = {}
         self._pinned_logged = False
         self._loop: object = None
@@ -545,7 +545,7 @@ class Pool:
         else:
             self._clients[id(client)] = weakref.ref(client)
         try:
-            cls, policy = self._client_class, self.policy
+            cls, policy = type(client), client._rules.policy  # (as the pool was when it made it)
             if self._session_clients:
                 slot = client._bind(timeout)
                 start = slot.client_start
