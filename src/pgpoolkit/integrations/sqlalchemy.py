@@ -254,6 +254,18 @@ class _PgpoolkitDialect:
             )
         return pool
 
+    def on_connect(self) -> Any:
+        """psycopg's dialect's on_connect (the notice logger, the isolation level), after the
+        client's adapters (``_adapt``); the same for the sync and async dialects."""
+        psycopg_dialect: Any = super()
+        psycopg_on_connect = psycopg_dialect.on_connect()
+
+        def on_connect(conn: Any) -> None:
+            self._adapt(psycopg_dialect.get_driver_connection(conn))
+            psycopg_on_connect(conn)
+
+        return on_connect
+
     def _adapt(self, conn: Connection[Any] | AsyncConnection[Any]) -> None:
         """Give a new pooled connection the adapters the psycopg dialect gives the connections
         it makes itself (through ``context=``): JSON functions, hstore, inet as text. They go on
@@ -301,16 +313,6 @@ class PGDialect_pgpoolkit(_PgpoolkitDialect, PGDialect_psycopg):
             raise
         return conn
 
-    def on_connect(self) -> Any:
-        psycopg_dialect: Any = super()
-        psycopg_on_connect = psycopg_dialect.on_connect()  # the notice logger, the isolation level
-
-        def on_connect(conn: Any) -> None:
-            self._adapt(psycopg_dialect.get_driver_connection(conn))
-            psycopg_on_connect(conn)
-
-        return on_connect
-
     def _type_info_fetch(self, connection: Any, name: str) -> TypeInfo | None:
         pool: Pool = self._pool()
         if _refuses_transactions(pool):  # TypeInfo.fetch() opens a transaction: not here
@@ -354,16 +356,6 @@ class PGDialectAsync_pgpoolkit(_PgpoolkitDialect, PGDialectAsync_psycopg):
             return conn
 
         return self.loaded_dbapi.connect(async_creator_fn=connect)
-
-    def on_connect(self) -> Any:
-        psycopg_dialect: Any = super()
-        psycopg_on_connect = psycopg_dialect.on_connect()
-
-        def on_connect(conn: Any) -> None:
-            self._adapt(psycopg_dialect.get_driver_connection(conn))
-            psycopg_on_connect(conn)
-
-        return on_connect
 
     def _type_info_fetch(self, connection: Any, name: str) -> TypeInfo | None:
         pool: AsyncPool = self._pool()
