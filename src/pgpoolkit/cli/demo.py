@@ -213,6 +213,18 @@ def _progress_line(
     )
 
 
+def _pool_settings(app: str, max_size: int, mode: str, name: str) -> dict[str, Any]:
+    """The demo pool's parameters, threads and asyncio alike."""
+    return {
+        "min_size": min(2, max_size),
+        "max_size": max_size,
+        "mode": mode,
+        "name": name,
+        "timeout": 10.0,
+        "kwargs": {"application_name": app},
+    }
+
+
 def run_threads(
     dsn: str,
     workload: Workload,
@@ -226,16 +238,7 @@ def run_threads(
     """``clients`` threads loop over short transactions through one Pool for ``seconds``."""
     app = f"pgpoolkit-demo-{os.getpid()}-threads"
     result = PartResult("threads", clients, max_size)
-    pool = Pool(
-        dsn,
-        open=False,
-        min_size=min(2, max_size),
-        max_size=max_size,
-        mode=mode,
-        name="demo-threads",
-        timeout=10.0,
-        kwargs={"application_name": app},
-    )
+    pool = Pool(dsn, open=False, **_pool_settings(app, max_size, mode, "demo-threads"))
     sampler.watch(app)
     try:
         pool.open(wait=True, timeout=10.0)
@@ -271,14 +274,17 @@ def run_threads(
             th.start()
         start.wait()
         t_start = time.perf_counter()
+        ticker = _Ticker(
+            seconds,
+            t_start,
+            done=lambda: sum(len(f.durations) for f in figures),
+            stats=pool.stats,
+            servers=lambda: sampler.current,
+        )
         try:
-            _tick(
-                seconds,
-                t_start,
-                done=lambda: sum(len(f.durations) for f in figures),
-                stats=pool.stats,
-                servers=lambda: sampler.current,
-            )
+            while (pause := ticker.pause()) is not None:
+                time.sleep(pause)
+                ticker.report()
         finally:
             stop.set()
             for th in threads:
@@ -293,26 +299,37 @@ def run_threads(
     return result
 
 
-def _tick(
-    seconds: float,
-    t_start: float,
-    *,
-    done: Callable[[], int],
-    stats: Callable[[], PoolStats],
-    servers: Callable[[], int],
-) -> None:
-    """Print a progress line every second (and at the end) until ``seconds`` have passed."""
-    last_t, last_done = t_start, 0
-    while True:
+class _Ticker:
+    """The demo's progress: a line every second (and at the end) until ``seconds`` have
+    passed since ``t_start``; the threads and the asyncio parts sleep their own way between."""
+
+    def __init__(
+        self,
+        seconds: float,
+        t_start: float,
+        *,
+        done: Callable[[], int],
+        stats: Callable[[], PoolStats],
+        servers: Callable[[], int],
+    ) -> None:
+        self.end = t_start + seconds
+        self.t_start = self.last_t = t_start
+        self.last_done = 0
+        self.done, self.stats, self.servers = done, stats, servers
+
+    def pause(self) -> float | None:
+        """Seconds to sleep before the next line; None once the time is up."""
         now = time.perf_counter()
-        left = t_start + seconds - now
+        left = self.end - now
         if left <= 0:
-            break
-        time.sleep(min(1.0 - (now - t_start) % 1.0, left))
-        now = time.perf_counter()
-        d = done()
-        _print(_progress_line(now - t_start, d, last_done, now - last_t, stats(), servers()))
-        last_t, last_done = now, d
+            return None
+        return min(1.0 - (now - self.t_start) % 1.0, left)
+
+    def report(self) -> None:
+        now, done = time.perf_counter(), self.done()
+        since, dt = now - self.t_start, now - self.last_t
+        _print(_progress_line(since, done, self.last_done, dt, self.stats(), self.servers()))
+        self.last_t, self.last_done = now, done
 
 
 async def _arun_tasks(
@@ -327,15 +344,7 @@ async def _arun_tasks(
 ) -> PartResult:
     app = f"pgpoolkit-demo-{os.getpid()}-asyncio"
     result = PartResult("asyncio", clients, max_size)
-    pool = AsyncPool(
-        dsn,
-        min_size=min(2, max_size),
-        max_size=max_size,
-        mode=mode,
-        name="demo-asyncio",
-        timeout=10.0,
-        kwargs={"application_name": app},
-    )
+    pool = AsyncPool(dsn, **_pool_settings(app, max_size, mode, "demo-asyncio"))
     sampler.watch(app)
     try:
         await pool.open(wait=True, timeout=10.0)
@@ -365,22 +374,17 @@ async def _arun_tasks(
 
         t_start = time.perf_counter()
         tasks = [asyncio.create_task(client(i), name=f"demo-client-{i}") for i in range(clients)]
+        ticker = _Ticker(
+            seconds,
+            t_start,
+            done=lambda: sum(len(f.durations) for f in figures),
+            stats=pool.stats,
+            servers=lambda: sampler.current,
+        )
         try:
-            last_t, last_done = t_start, 0
-            while True:
-                now = time.perf_counter()
-                left = t_start + seconds - now
-                if left <= 0:
-                    break
-                await asyncio.sleep(min(1.0 - (now - t_start) % 1.0, left))
-                now = time.perf_counter()
-                d = sum(len(f.durations) for f in figures)
-                _print(
-                    _progress_line(
-                        now - t_start, d, last_done, now - last_t, pool.stats(), sampler.current
-                    )
-                )
-                last_t, last_done = now, d
+            while (pause := ticker.pause()) is not None:
+                await asyncio.sleep(pause)
+                ticker.report()
         finally:
             stop.set()
             await asyncio.gather(*tasks, return_exceptions=True)
