@@ -846,9 +846,12 @@ def test_named_cursor_in_a_transaction(dsn: str, admin: Admin, table: str, app: 
         c1.commit()
 
         # its transaction is over: reading it again raises, and never touches the server
-        # connection, which is another client's now (LIFO: c2 gets the one c1 gave back)
+        # connection, which is another client's now (c1 parked it between its transactions;
+        # the other one taken, the pool takes it back for c2)
+        other = pool.getconn()
         c2.execute(f"INSERT INTO {table} VALUES (1)")
         assert c2.info.backend_pid == pid1
+        pool.putconn(other)
         last = backend_query(admin, pid1)
         with pytest.raises(PolicyViolation, match="withhold=True"):
             cur2.fetchone()

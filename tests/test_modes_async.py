@@ -729,9 +729,12 @@ async def test_named_cursor_in_a_transaction(dsn: str, admin: Admin, table: str,
         await c1.commit()
 
         # its transaction is over: reading it again raises, and never touches the server
-        # connection, which is another client's now (LIFO: c2 gets the one c1 gave back)
+        # connection, which is another client's now (c1 parked it between its transactions;
+        # the other one taken, the pool takes it back for c2)
+        other = await pool.getconn()
         await c2.execute(f"INSERT INTO {table} VALUES (1)")
         assert c2.info.backend_pid == pid1
+        await pool.putconn(other)
         last = backend_query(admin, pid1)
         with pytest.raises(PolicyViolation, match="withhold=True"):
             await cur2.fetchone()

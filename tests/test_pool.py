@@ -1225,16 +1225,20 @@ def test_an_interrupt_while_starting_connection_attempts_loses_no_slot(
             assert conn.execute("SELECT 1").fetchone() == (1,)
 
 
-@pytest.mark.parametrize("mode", ["session", "transaction"])
+@pytest.mark.parametrize("mode", ["session", "transaction", "reclaimed"])
 def test_an_interrupt_while_a_client_gives_back_its_connection_loses_no_slot(
     dsn: str, app: str, mode: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """KeyboardInterrupt after a client let go of its server connection and before the pool
     took it back (issue 12: that slot was lost for good): the pool takes it, closed, and
-    replaces it."""
+    replaces it. "transaction": given back at the end of a transaction (reset_always: never
+    parked); "reclaimed": parked between transactions, taken back for a request."""
     interrupted = []
+    options: dict[str, Any] = {"reset_always": True} if mode == "transaction" else {}
+    if mode == "reclaimed":
+        mode = "transaction"
 
-    with make_pool(dsn, app, mode=mode, min_size=1, max_size=1) as pool:
+    with make_pool(dsn, app, mode=mode, min_size=1, max_size=1, **options) as pool:
         client = pool.connect()
         client.execute("SELECT 1")
         real = type(client)._hand_back  # called by the pool once the client let go
@@ -1250,8 +1254,11 @@ def test_an_interrupt_while_a_client_gives_back_its_connection_loses_no_slot(
             if mode == "session":
                 client.close()
             else:
-                client.execute("SELECT 2")  # autocommit off: commit() gives it back
+                client.execute("SELECT 2")  # autocommit off: commit() gives it back, or parks it
                 client.commit()
+                if not options:
+                    assert client._parked
+                    pool.getconn(timeout=5)  # takes it back from the client
         assert interrupted and pool.stats().servers_active == 0
         with pool.connection(timeout=5) as conn:  # the one slot is still there
             assert conn.execute("SELECT 1").fetchone() == (1,)

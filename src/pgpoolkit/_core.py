@@ -57,6 +57,7 @@ class Slot(Generic[T]):
         "last_used",
         "leak_stack",
         "out",
+        "parked_at",
         "probe",
         "reported",
         "session",
@@ -72,6 +73,9 @@ class Slot(Generic[T]):
         self.checked_out_at = now
         #: True while handed out to a client; never handed to two at once
         self.out = False
+        #: while out: when its transaction-mode client parked it between transactions (it
+        #: keeps it until the pool needs it: see pool._reclaim); 0.0 when not parked
+        self.parked_at = 0.0
         #: the shell's liveness probe for this connection's socket
         self.probe: object = None
         #: what the shell knows of the connection as it was made, to restore it on return
@@ -442,7 +446,10 @@ class PoolCore(Generic[T]):
         return [
             slot
             for slot in self.slots.values()
-            if slot.out and slot.leak_stack is not None and now - slot.checked_out_at >= limit
+            if slot.out
+            and not slot.parked_at
+            and slot.leak_stack is not None
+            and now - slot.checked_out_at >= limit
         ]
 
     def take_idle(self, now: float) -> list[Slot[T]]:

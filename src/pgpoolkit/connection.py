@@ -114,6 +114,8 @@ class PooledConnection(Connection[Row]):
     _chosen_prepared: tuple[int | None, int] | None
     _statements: int
     _transactions: int
+    #: holding a parked server connection (only a transaction-mode client parks one)
+    _parked: bool = False
 
     @classmethod
     def _for_pool(cls, pool: Pool, timeout: float | None) -> PooledConnection[Any]:
@@ -218,7 +220,7 @@ class PooledConnection(Connection[Row]):
     def state(self) -> ClientState:
         """Where the client stands: idle (holding no server connection), bound, in transaction,
         or pinned."""
-        bound = bool(self._box)
+        bound = bool(self._box) and not self._parked  # (parked: idle between transactions)
         return self._rules.state(bound, bound and self.pgconn.transaction_status != _IDLE)
 
     @property
@@ -410,14 +412,17 @@ class PooledConnection(Connection[Row]):
         box = getattr(self, "_box", None)
         if box is None:  # not made by a pool
             return
-        clients = self._owner._clients
+        pool = self._owner
+        clients = pool._clients
         held = clients.get(id(self))
         if held is not None:
             client = held()
             if client is self or client is None:  # (None: collected in a cycle)
                 clients.pop(id(self), None)
-        if box:
-            self._owner._client_lost(box[0], self._rules.pinned)
+                if pool._parked_clients.get(id(self)) is held:
+                    pool._parked_clients.pop(id(self), None)
+        if box:  # (parked, it is clean and idle: reused)
+            pool._client_lost(box[0], self._rules.pinned, self._parked)
 
 
 class ClientStart(NamedTuple):

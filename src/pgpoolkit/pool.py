@@ -36,7 +36,7 @@ from ._acompat import (
     spawn_detached,
     wait_for_lock,
 )
-from ._client import Answers, binds_for_the_session
+from ._client import Answers, HandBack, binds_for_the_session
 from ._config import (
     PACKAGE_DIR,
     PoolConfig,
@@ -201,12 +201,25 @@ class Pool:
         #: a weak reference each (a client dropped without close() is collected, and its
         #: finalizer removes it), which costs less than a WeakSet's add and discard
         self._clients: dict[int, weakref.ref[Client]] = {}
+        #: the transaction-mode clients that parked their server connection between
+        #: transactions (their entries in _clients), to take back when a request finds none idle
+        self._parked_clients: dict[int, weakref.ref[Client]] = {}
         self._pinned_logged = False
         self._loop: object = None
         self._configure = configure
         self._check = check
         self._reset = reset
         self._reconnect_failed = reconnect_failed
+        #: transaction-mode clients may park their server connection between transactions:
+        #: not when every checkout is checked, every return reset or closed, or leaks tracked
+        #: (a lease per transaction)
+        self._parks = (
+            check is None
+            and reset is None
+            and not self._reset_always
+            and not self._closes_on_return
+            and self._leak_timeout is None
+        )
 
         self._core: PoolCore[Connection[Any]] = PoolCore(self._config)
         self._deadlines = Deadlines(self._core.waiters)
@@ -261,6 +274,7 @@ class Pool:
         for client in _snapshot(self._clients):
             client._forget_after_fork()
         self._clients = {}
+        self._parked_clients = {}
         self._lent = {}
         self._core = PoolCore(self._config)
         self._deadlines = Deadlines(self._core.waiters)
@@ -389,6 +403,7 @@ class Pool:
             for waiter in self._core.close():
                 waiter.wake()
             self._deadlines.cancel()
+        self._reclaim(every=True)
         self._closing.set()
         self._do_work()
         gather(self._workers, timeout)
@@ -418,6 +433,7 @@ class Pool:
             self._slots = (self._slots[0], config.max_size)
         with self._lock:
             self._core.resize(config.min_size, config.max_size)
+        self._reclaim(every=True)
         self._do_work()
 
     def drain(self) -> None:
@@ -425,6 +441,7 @@ class Pool:
         idle connections close now, those in use when they are returned."""
         with self._lock:
             self._core.drain()
+        self._reclaim(every=True)
         self._do_work()
 
     def reconnect(self) -> None:
@@ -446,6 +463,8 @@ class Pool:
                 raise self._core.closed_error()
             self._core.pause()
             self._quiet.clear()
+        self._reclaim(every=True)
+        with self._lock:
             quiet = not self._core.in_use
         if quiet or self._quiet.wait_timeout(limit):
             logger.info("pool %r: paused", self.name)
@@ -467,6 +486,7 @@ class Pool:
 
     def check(self) -> None:
         """Check every idle connection now with a round trip; replace those that fail."""
+        self._reclaim(every=True)
         with self._lock:
             slots = self._core.take_idle(monotonic())
         try:
@@ -590,22 +610,68 @@ class Pool:
         self._release(slot)
 
     def _release_client(
-        self, client: PooledConnection[Any], slot: Slot[Connection[Any]], checked: bool
+        self,
+        client: PooledConnection[Any],
+        slot: Slot[Connection[Any]],
+        checked: bool,
+        handed: tuple[HandBack, int, int] | None = None,
     ) -> None:
         """Take back a server connection a client let go of (``client._take_slot()`` detached
         it): whatever the client changed on the server (its session, the prepared-statement
         settings) is undone; what it changed on its own connection object stays there.
-        ``checked``: the caller compared the reported session parameters already."""
+        ``checked``: the caller compared the reported session parameters already; ``handed``:
+        what ``client._hand_back()`` said, if the caller asked it already."""
         conn = slot.conn
         if client._chosen_prepared is not None:  # (what else changes them is psycopg's)
             restore_prepared_settings(conn, slot.defaults.prepared)
-        back, statements, transactions = client._hand_back()
+        back, statements, transactions = client._hand_back() if handed is None else handed
         dirty, discard, pinned = back
         if statements and not dirty and not checked and reported_changed(slot):
             dirty = True
         if conn.pgconn.pipeline_status:  # closed in a pipeline: can't be reused
             discard = True
         self._release(slot, dirty, False, pinned, statements, transactions, discard)
+
+    def _reclaim(self, every: bool = False) -> None:
+        """Take back a server connection a transaction-mode client parked between transactions
+        (``every``: all of them; the pool pauses, drains, resizes, closes, or its maintenance
+        round comes). It goes back as the client would have given it back: to the oldest
+        waiting request, or idle."""
+        parked = self._parked_clients
+        while parked:
+            try:
+                ref = parked.popitem()[1]
+            except KeyError:  # (another thread took the last one)
+                return
+            client = ref()
+            if client is None:  # dropped: its finalizer gives the connection back
+                continue
+            assert isinstance(client, TransactionModeConnection)
+            taken = None
+            try:
+                with client._state_lock:  # not while it runs something: then it is not parked
+                    if not client._parked:
+                        continue
+                    client._parked = False
+                    client._unparked(client._box[0])
+                    taken = client._take_slot(self._between)
+                    lease = taken.checked_out_at if taken is not None else 0.0
+                    handed = client._hand_back()
+                if taken is not None:
+                    self._release_client(client, taken, True, handed)
+            except BaseException:  # interrupted while taking it back: the pool takes it, closed
+                if taken is not None:
+                    self._settle(taken, lease)
+                raise
+            if not every:
+                return
+
+    def _parked_lost(self, slot: Slot[Connection[Any]], statements: int, transactions: int) -> None:
+        """A parked server connection was found dead when its client took it up again."""
+        with self._lock:
+            self._core.client_released(False, statements, transactions)
+            self._core.lost(slot)
+        self._do_work()
 
     def _acquire(self, timeout: float | None) -> Slot[Connection[Any]]:
         """Check out a live connection: from the idle stack, or by waiting in the queue.
@@ -659,6 +725,8 @@ class Pool:
         timeout: float,
     ) -> Slot[Connection[Any]]:
         try:
+            if self._parked_clients and not self._core.paused:  # one for the oldest waiter
+                self._reclaim()
             if self._core.work:  # start the connection attempts the request may need
                 self._do_work()
             woken = waiter.wait()
@@ -878,10 +946,12 @@ class Pool:
     def _has_evictable_idle(self) -> bool:
         """An idle connection could be closed for a sibling (above min_size)."""
         core = self._core
-        return bool(core.idle) and core.size > core.min_size
+        return bool(core.idle or self._parked_clients) and core.size > core.min_size
 
     def _evict_one(self) -> None:
         """Close the connection idle the longest, for a sibling pool under a shared budget."""
+        if not self._core.idle:
+            self._reclaim()
         with self._lock:
             evicted = self._core.evict_idle()
         if evicted:
@@ -1030,7 +1100,8 @@ class Pool:
         """One round of maintenance: replace the idle connections found dead (so that the pool
         is back to min_size after a server restart without waiting for a request), expire idle
         and old ones, roll back idle transactions, report leaks. Returns the seconds until the
-        next round."""
+        next round. The parked server connections come back first: a parked one is idle."""
+        self._reclaim(every=True)
         with self._lock:
             delay = min(self._core.maintain(monotonic(), _alive), IDLE_PROBE_INTERVAL)
         self._do_work()
@@ -1169,17 +1240,24 @@ class Pool:
             return None
         return {kind for kind, present in zip(SESSION_STATE_COLUMNS, row, strict=True) if present}
 
-    def _client_lost(self, slot: Slot[Connection[Any]] | None, pinned: bool) -> None:
+    def _client_lost(
+        self, slot: Slot[Connection[Any]] | None, pinned: bool, parked: bool = False
+    ) -> None:
         """A client was garbage-collected without close(): its server connection, whose state
-        is unknown, is closed and replaced. Called from a finalizer, in whatever thread
-        collected the client: the asynchronous pool hands the work to its event loop."""
+        is unknown, is closed and replaced (``parked``: clean and idle, it is reused). Called
+        from a finalizer, in whatever thread collected the client: the asynchronous pool hands
+        the work to its event loop."""
         if slot is None:
             return
-        spawn_detached(self._loop, self._workers, self._recover, slot, pinned, name="lost")
+        spawn_detached(self._loop, self._workers, self._recover, slot, pinned, parked, name="lost")
 
-    def _recover(self, slot: Slot[Connection[Any]], pinned: bool) -> None:
+    def _recover(self, slot: Slot[Connection[Any]], pinned: bool, parked: bool = False) -> None:
         with self._lock:
-            self._core.checkin(slot, monotonic(), False)
+            now = monotonic()
+            if parked:
+                slot.checked_out_at += now - slot.parked_at
+                slot.parked_at = 0.0
+            self._core.checkin(slot, now, parked)
             if pinned:
                 self._core.client_released(True, 0, 0)
         # a replacement for the waiters: none of them would start it while they wait
@@ -1190,11 +1268,14 @@ class Pool:
     def stats(self) -> PoolStats:
         """Live figures: gauges of now and counters since creation."""
         core = self._core
-        clients = idle = 0
+        clients = idle = parked = 0
         pending = [0, 0]
         for client in _snapshot(self._clients):
             clients += 1
-            if client._slot is None:
+            if client._parked:  # its server connection is idle, kept for it
+                parked += 1
+                idle += 1
+            elif client._slot is None:
                 idle += 1
             pending[0] += client._statements
             pending[1] += client._transactions
@@ -1206,11 +1287,11 @@ class Pool:
                 max_size=core.max_size,
                 clients_open=clients,
                 clients_idle=idle,
-                clients_active=core.in_use,
+                clients_active=core.in_use - parked,
                 clients_waiting=len(core.waiters),
                 clients_pinned=core.clients_pinned,
-                servers_active=core.in_use,
-                servers_idle=len(core.idle),
+                servers_active=core.in_use - parked,
+                servers_idle=len(core.idle) + parked,
                 servers_connecting=core.connecting,
                 requests_total=core.requests,
                 requests_queued_total=core.requests_queued,

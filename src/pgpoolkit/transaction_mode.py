@@ -12,7 +12,9 @@ that raises ``PolicyViolation`` for anything that needs a server. Before a state
 ``transaction()`` or ``pipeline()`` block or a two-phase transaction, the client asks its policy
 (``policies.py``) and binds to a server connection of the pool; after it, when the server
 reports no transaction open (PgBouncer's release rule) and nothing else holds it (another
-thread's statement, a block, a stream or COPY, a pin), it gives it back. A statement that
+thread's statement, a block, a stream or COPY, a pin), it gives it back, or, while no request
+waits for one, parks it: it keeps it, clean and idle, until its next transaction or until the
+pool takes it back for another client (``pool._reclaim``). A statement that
 changes session state pins the client to its server connection, or is refused, as the policy
 says. psycopg's cursors read their libpq connection at creation: the cursors of this class
 (``cursor.py``) point theirs at the client's current one at every execute, and every I/O of
@@ -25,6 +27,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from time import monotonic
 from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
@@ -35,7 +38,10 @@ from psycopg.rows import Row
 
 from ._acompat import NO_GUARD, BindLock, Guard, Lock, NoGuard
 from ._core import Slot
+from ._probe import is_alive
 from ._psycopg import (
+    attach,
+    detach,
     forget_transaction_blocks,
     reported_changed,
     reported_parameters,
@@ -73,6 +79,7 @@ class TransactionModeConnection(PooledConnection[Row]):
         "_aborted_holds",
         "_bind_lock",
         "_guard",
+        "_parked",
         "_replay",
         "_state_lock",
         "_wanted",
@@ -101,6 +108,9 @@ class TransactionModeConnection(PooledConnection[Row]):
     _wanted: dict[str, str]
     #: the setting the statement under way makes, kept if it succeeds
     _replay: tuple[str, str | None] | None
+    #: the server connection the client holds is parked: idle between transactions, its
+    #: release deferred while no request waits; the pool may take it back (under _state_lock)
+    _parked: bool
 
     @classmethod
     def _for_pool(cls, pool: Pool, timeout: float | None) -> PooledConnection[Any]:
@@ -114,6 +124,7 @@ class TransactionModeConnection(PooledConnection[Row]):
         self._aborted_holds = 0
         self._wanted = {}
         self._replay = None
+        self._parked = False
         return self
 
     def _opened(self, start: ClientStart) -> None:
@@ -149,15 +160,28 @@ class TransactionModeConnection(PooledConnection[Row]):
         rules = self._rules
         with self._state_lock:
             rules.users += 1
+            parked = self._parked
+            self._parked = False
         try:
+            if parked:  # the common case when no request waits: its last server connection
+                slot = self._box[0]
+                self._unparked(slot)
+                attach(self, slot.conn)
+                if not is_alive(slot.conn, slot.probe):
+                    self._parked_died()
             plain = info is PLAIN and event is Event.STATEMENT
             if plain and rules.answers.statement_allowed_when_idle:
                 if not self._box:  # the common case: a plain statement, to bind for
                     self._bind_once()
             elif info is not PLAIN or event is not Event.STATEMENT or not self._box:
                 kept = bool(info.changes) and self._keeps_setting(info, query, params)
-                pinned_now = rules.before(
-                    info, event, detail, bool(self._box), self._in_transaction(), kept
+                pinned_now = rules.before(  # (parked, it is idle for the policy, as unbound)
+                    info,
+                    event,
+                    detail,
+                    bool(self._box) and not parked,
+                    self._in_transaction(),
+                    kept,
                 )
                 if not self._box:
                     self._bind_once()
@@ -218,7 +242,7 @@ class TransactionModeConnection(PooledConnection[Row]):
         rollback); False (and nothing to end) if the client holds none."""
         self._enter()
         with self._state_lock:
-            if self._box:
+            if self._box and not self._parked:  # (parked: no transaction to end)
                 self._rules.users += 1
                 return True
         self._guard.release()
@@ -255,10 +279,14 @@ class TransactionModeConnection(PooledConnection[Row]):
                         self._statements += 1
                         if idle:
                             self._transactions += 1
-                    if rules.releases(idle) and (
-                        rules.dirty
-                        or not reported_changed(self._box[0])
-                        or not self._unseen_session_change()
+                    if (
+                        rules.releases(idle)
+                        and (
+                            rules.dirty
+                            or not reported_changed(self._box[0])
+                            or not self._unseen_session_change()
+                        )
+                        and (rules.dirty or not pool._parks or not self._park())
                     ):
                         slot = self._take_slot(pool._between)
                         lease = slot.checked_out_at if slot is not None else 0.0
@@ -272,6 +300,64 @@ class TransactionModeConnection(PooledConnection[Row]):
             raise
         finally:
             self._guard.release()
+
+    def _park(self) -> bool:
+        """Keep the clean, idle server connection instead of giving it back (the caller holds
+        _state_lock), unless a request waits for one or the pool needs it back; True if parked.
+        Registered before the pool's state is read: a request that queues meanwhile finds it
+        (``pool._reclaim``), or this finds the request."""
+        pool = self._owner
+        ref = pool._clients.get(id(self))
+        if ref is None:  # (closing)
+            return False
+        slot = self._box[0]
+        parked = pool._parked_clients
+        parked[id(self)] = ref
+        core = pool._core
+        budget = pool._shared_budget
+        if (
+            core.waiters
+            or core.paused
+            or core.closed
+            or slot.generation != core.generation
+            or (budget is not None and budget.should_surrender(pool))
+        ):
+            parked.pop(id(self), None)
+            return False
+        slot.parked_at = monotonic()
+        detach(self, pool._between, slot.defaults.callbacks)  # between transactions, as before
+        self._parked = True
+        return True
+
+    def _unparked(self, slot: Slot[Connection[Any]]) -> None:
+        """The client takes up its parked server connection again, or the pool takes it back
+        (either cleared _parked under _state_lock): the time it was parked was not use. The
+        client's pgconn is the server connection's again (its handlers are the server
+        connection's own until ``attach``)."""
+        self._owner._parked_clients.pop(id(self), None)
+        slot.checked_out_at += monotonic() - slot.parked_at
+        slot.parked_at = 0.0
+        self.pgconn = slot.conn.pgconn
+
+    def _parked_died(self) -> None:
+        """The backend of the parked server connection went away meanwhile (terminated, a
+        server restart): the pool replaces it, unseen; the client binds another one, as it
+        would have."""
+        with self._state_lock:
+            if self._rules.users != 1:  # another thread's statement runs on it: it tells
+                return
+            taken = self._take_slot(self._owner._between)
+            statements, transactions = self._hand_back()[1:]
+        if taken is not None:
+            self._owner._parked_lost(taken, statements, transactions)
+
+    def close(self) -> None:
+        with self._state_lock:
+            parked = self._parked
+            self._parked = False
+        if parked:
+            self._unparked(self._box[0])
+        super().close()
 
     def _lost_server(self) -> None:
         """The server connection broke under the client (the server restarted, its backend was
@@ -363,7 +449,8 @@ class TransactionModeConnection(PooledConnection[Row]):
         if self._aborted_holds and self._aborted is not None:
             gen.close()  # a block whose transaction was taken away: it ends with the news
             raise self._aborted_error(self._aborted)
-        if not self._box:  # every I/O of psycopg passes here: none without a server connection
+        # every I/O of psycopg passes here: none between transactions (parked or not bound)
+        if not self._box or self._parked:
             done, value = run_setting(gen)  # autocommit = ...: no I/O between transactions
             if done:
                 return value
@@ -465,9 +552,9 @@ class TransactionModeConnection(PooledConnection[Row]):
             self._done()
 
     def cancel_safe(self, timeout: float = 30.0) -> None:
-        if self._box:  # holding no server connection, the client runs nothing to cancel
+        if self._box and not self._parked:  # between transactions it runs nothing to cancel
             super().cancel_safe(timeout=timeout)
 
     def cancel(self) -> None:
-        if self._box:
+        if self._box and not self._parked:
             super().cancel()
