@@ -25,6 +25,7 @@ from pgpoolkit import (
     UnknownPool,
 )
 from pgpoolkit._shared_budget import slot_namespace
+from pgpoolkit.pool import IDLE_PROBE_INTERVAL
 from pgpoolkit.testing import TemporaryPostgres
 
 Admin = psycopg.Connection[tuple[Any, ...]]
@@ -314,6 +315,32 @@ def test_overcommit_evicts_an_idle_sibling(
             assert conn.execute("SELECT current_database()").fetchone() == (db_b,)
         assert a.stats().servers_idle == 2
         assert backends(admin, db_a) + backends(admin, db_b) <= 3
+
+
+def test_overcommit_takes_a_parked_connection_back_for_a_sibling(
+    dsn: str, admin: Admin, databases: tuple[str, str]
+) -> None:
+    """Transaction-mode clients keep their server connections between transactions while
+    nobody in their pool waits: a sibling pool that needs the room gets one all the same."""
+    db_a, db_b = databases
+    with PoolManager(dsn, budget=2, overcommit=True, timeout=5.0) as manager:
+        a = manager.create_pool("a", database=db_a, size=2)
+        b = manager.create_pool("b", database=db_b, size=2)
+        clients = [a.connect() for _ in range(2)]
+        for conn in clients:
+            conn.execute("SELECT 1")  # a transaction each, open at once: a's two connections
+        for conn in clients:
+            conn.commit()  # parked: the whole budget
+        assert all(conn._parked for conn in clients)  # type: ignore[attr-defined]
+        assert a.stats().servers_idle == 2
+        # a parked one of a's makes room, at once (not after a's maintenance round took it
+        # back: IDLE_PROBE_INTERVAL)
+        with b.connection(timeout=IDLE_PROBE_INTERVAL * 0.8) as conn:
+            assert conn.execute("SELECT current_database()").fetchone() == (db_b,)
+        assert backends(admin, db_a) + backends(admin, db_b) <= 2
+        for conn in clients:
+            assert conn.execute("SELECT current_database()").fetchone() == (db_a,)
+            conn.close()
 
 
 async def test_async_overcommit(dsn: str) -> None:

@@ -315,16 +315,18 @@ class TransactionModeConnection(PooledConnection[Row]):
         parked[id(self)] = ref
         core = pool._core
         budget = pool._shared_budget
+        now = monotonic()
         if (
             core.waiters
             or core.paused
             or core.closed
             or slot.generation != core.generation
+            or slot.expires_at <= now
             or (budget is not None and budget.should_surrender(pool))
         ):
             parked.pop(id(self), None)
             return False
-        slot.parked_at = monotonic()
+        slot.parked_at = now
         detach(self, pool._between, slot.defaults.callbacks)  # between transactions, as before
         self._parked = True
         return True

@@ -637,39 +637,49 @@ class AsyncPool:
             discard = True
         await self._release(slot, dirty, False, pinned, statements, transactions, discard)
 
-    async def _reclaim(self, every: bool = False) -> None:
+    async def _reclaim(self, every: bool = False, parked_for: float = 0.0) -> None:
         """Take back a server connection a transaction-mode client parked between transactions
-        (``every``: all of them; the pool pauses, drains, resizes, closes, or its maintenance
-        round comes). It goes back as the client would have given it back: to the oldest
-        waiting request, or idle."""
+        (for a request that found none idle, or a sibling pool), or, ``every``, all of them
+        (parked for ``parked_for`` seconds at least: the maintenance round; all: the pool
+        pauses, drains, resizes, closes or checks its connections). Each goes back as its
+        client would have given it back: to the oldest waiting request, or idle."""
+        if every:
+            for client in _snapshot(self._parked_clients):
+                await self._take_back(client, parked_for)
+            return
         parked = self._parked_clients
         while parked:
             try:
                 ref = parked.popitem()[1]
             except KeyError:  # (another thread took the last one)
                 return
-            client = ref()
-            if client is None:  # dropped: its finalizer gives the connection back
-                continue
-            assert isinstance(client, AsyncTransactionModeConnection)
-            taken = None
-            try:
-                with client._state_lock:  # not while it runs something: then it is not parked
-                    if not client._parked:
-                        continue
-                    client._parked = False
-                    client._unparked(client._box[0])
-                    taken = client._take_slot(self._between)
-                    lease = taken.checked_out_at if taken is not None else 0.0
-                    handed = client._hand_back()
-                if taken is not None:
-                    await self._release_client(client, taken, True, handed)
-            except BaseException:  # interrupted while taking it back: the pool takes it, closed
-                if taken is not None:
-                    self._settle(taken, lease)
-                raise
-            if not every:
+            found = ref()  # (None: dropped; its finalizer gives the connection back)
+            if found is not None and await self._take_back(found):
                 return
+
+    async def _take_back(self, client: Client, parked_for: float = 0.0) -> bool:
+        """Take back the server connection ``client`` parked, if it still has it parked (for
+        ``parked_for`` seconds at least); True if taken."""
+        assert isinstance(client, AsyncTransactionModeConnection)
+        taken = None
+        try:
+            with client._state_lock:  # not while it runs something: then it is not parked
+                if not client._parked or (
+                    parked_for and monotonic() - client._box[0].parked_at < parked_for
+                ):
+                    return False
+                client._parked = False
+                client._unparked(client._box[0])
+                taken = client._take_slot(self._between)
+                lease = taken.checked_out_at if taken is not None else 0.0
+                handed = client._hand_back()
+            if taken is not None:
+                await self._release_client(client, taken, True, handed)
+        except BaseException:  # interrupted while taking it back: the pool takes it, closed
+            if taken is not None:
+                self._settle(taken, lease)
+            raise
+        return True
 
     async def _parked_lost(
         self, slot: Slot[AsyncConnection[Any]], statements: int, transactions: int
@@ -1113,8 +1123,9 @@ class AsyncPool:
         """One round of maintenance: replace the idle connections found dead (so that the pool
         is back to min_size after a server restart without waiting for a request), expire idle
         and old ones, roll back idle transactions, report leaks. Returns the seconds until the
-        next round. The parked server connections come back first: a parked one is idle."""
-        await self._reclaim(every=True)
+        next round. The server connections parked since the last round come back first: for
+        the pool, they are idle."""
+        await self._reclaim(every=True, parked_for=IDLE_PROBE_INTERVAL)
         with self._lock:
             delay = min(self._core.maintain(monotonic(), _alive), IDLE_PROBE_INTERVAL)
         await self._do_work()
