@@ -688,6 +688,10 @@ def test_undetectable_role_change_is_caught_by_the_server_report(
                 c1 = pool.connect()
                 c1.execute(f"SELECT {fn}(%s)", (role,))
                 if mode != "session":
+                    # parked, its connection is c1's own: the change is found when it would
+                    # leave c1, which is pinned then and keeps it
+                    with pytest.raises(PoolTimeout):
+                        pool.getconn(timeout=0.2)
                     assert state(c1) is ClientState.PINNED
                 assert one(c1, "SELECT current_user") == role
                 c1.close()

@@ -179,6 +179,37 @@ def test_a_dropped_client_parked_connection_is_reused(dsn: str, app: str) -> Non
             assert pid(conn) == parked
 
 
+def test_an_unseen_session_change_is_found_when_the_connection_leaves_its_client(
+    dsn: str, admin: Admin, app: str
+) -> None:
+    """A function changes a reported parameter: no statement text shows it. Parked, the
+    connection is its client's own; closed or dropped, the client's connection is reset or
+    closed, never handed on changed."""
+    fn = f"pgpk_rename_{uuid.uuid4().hex[:8]}"
+    admin.execute(
+        f"CREATE FUNCTION {fn}() RETURNS void LANGUAGE plpgsql AS "
+        "$$ BEGIN PERFORM set_config('application_name', 'renamed', false); END $$"
+    )
+    try:
+        with make_pool(dsn, app, min_size=1, max_size=1) as pool:
+            for how in ("close", "drop"):
+                client = pool.connect()
+                client.execute(f"SELECT {fn}()")
+                assert client._parked  # type: ignore[attr-defined]
+                assert client.execute("SHOW application_name").fetchone() == ("renamed",)
+                if how == "close":
+                    client.close()
+                else:
+                    bad = pool.stats().returns_bad_total
+                    del client
+                    gc.collect()
+                    wait_for(lambda b=bad: pool.stats().returns_bad_total == b + 1, what="closed")
+                with pool.connection() as conn:
+                    assert conn.execute("SHOW application_name").fetchone() == (app,)
+    finally:
+        admin.execute(f"DROP FUNCTION {fn}()")
+
+
 @pytest.mark.parametrize(
     "option",
     [

@@ -22,6 +22,7 @@ the query. Transaction and statement modes bind per transaction: ``transaction_m
 
 from __future__ import annotations
 
+import weakref
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple, cast, get_origin
 
@@ -78,6 +79,7 @@ class PooledConnection(Connection[Row]):
         "_owner",
         "_pgpoolkit_handlers",
         "_pool",
+        "_ref",
         "_released",
         "_rules",
         "_server_cursor_factory",
@@ -114,6 +116,8 @@ class PooledConnection(Connection[Row]):
     _chosen_prepared: tuple[int | None, int] | None
     _statements: int
     _transactions: int
+    #: the pool's weak reference to it (its entry in pool._clients), once opened
+    _ref: weakref.ref[PooledConnection[Any]]
     #: holding a parked server connection (only a transaction-mode client parks one)
     _parked: bool = False
 
@@ -419,8 +423,7 @@ class PooledConnection(Connection[Row]):
             client = held()
             if client is self or client is None:  # (None: collected in a cycle)
                 clients.pop(id(self), None)
-                if pool._parked_clients.get(id(self)) is held:
-                    pool._parked_clients.pop(id(self), None)
+                pool._parked_clients.discard(held)
         if box:  # (parked, it is clean and idle: reused)
             pool._client_lost(box[0], self._rules.pinned, self._parked)
 

@@ -15,7 +15,7 @@ import os
 import random
 import traceback
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import replace
 from time import monotonic
 from types import TracebackType
@@ -54,6 +54,7 @@ from ._core import PoolCore, Slot
 from ._probe import is_alive, make_probe
 from ._psycopg import (
     BetweenTransactions,
+    attach,
     drop_client_handlers,
     forget_prepared,
     reported_changed,
@@ -202,8 +203,9 @@ class Pool:
         #: finalizer removes it), which costs less than a WeakSet's add and discard
         self._clients: dict[int, weakref.ref[Client]] = {}
         #: the transaction-mode clients that parked their server connection between
-        #: transactions (their entries in _clients), to take back when a request finds none idle
-        self._parked_clients: dict[int, weakref.ref[Client]] = {}
+        #: transactions (their weak references of _clients), to take back when a request finds
+        #: none idle
+        self._parked_clients: set[weakref.ref[Client]] = set()
         self._pinned_logged = False
         self._loop: object = None
         self._configure = configure
@@ -271,10 +273,10 @@ class Pool:
         for the child. A pool that was open reopens itself when it runs in threads; on an
         event loop, whose tasks did not survive the fork, open() again."""
         was_open = self._core.opened and not self._core.closed
-        for client in _snapshot(self._clients):
+        for client in _snapshot(self._clients.values()):
             client._forget_after_fork()
         self._clients = {}
-        self._parked_clients = {}
+        self._parked_clients = set()
         self._lent = {}
         self._core = PoolCore(self._config)
         self._deadlines = Deadlines(self._core.waiters)
@@ -561,9 +563,9 @@ class Pool:
                         f"max_clients={self.max_clients} are open. Close the clients you are "
                         "done with, or raise max_clients"
                     )
-                self._clients[id(client)] = weakref.ref(client)
+                self._clients[id(client)] = client._ref = weakref.ref(client)
         else:
-            self._clients[id(client)] = weakref.ref(client)
+            self._clients[id(client)] = client._ref = weakref.ref(client)
         try:
             cls, policy = type(client), client._rules.policy  # (as the pool was when it made it)
             if self._session_clients:
@@ -645,7 +647,7 @@ class Pool:
         parked = self._parked_clients
         while parked:
             try:
-                ref = parked.popitem()[1]
+                ref = parked.pop()
             except KeyError:  # (another thread took the last one)
                 return
             found = ref()  # (None: dropped; its finalizer gives the connection back)
@@ -664,7 +666,11 @@ class Pool:
                 ):
                     return False
                 client._parked = False
-                client._unparked(client._box[0])
+                slot = client._box[0]
+                client._unparked(slot)
+                if reported_changed(slot) and client._unseen_session_change():
+                    attach(client, slot.conn)  # a function changed the session, and the
+                    return False  # policy pins the client: it keeps its server connection
                 taken = client._take_slot(self._between)
                 lease = taken.checked_out_at if taken is not None else 0.0
                 handed = client._hand_back()
@@ -1147,7 +1153,7 @@ class Pool:
         for slot, stack, seconds in stacks:
             while stack and stack[-1].filename.startswith(PACKAGE_DIR):
                 stack.pop()  # the pool's own frames: the application's are what matter
-            client = next((c for c in _snapshot(self._clients) if c._slot is slot), None)
+            client = next((c for c in _snapshot(self._clients.values()) if c._slot is slot), None)
             status = TransactionStatus(slot.conn.pgconn.transaction_status).name
             holder = (
                 f"{type(client).__name__} in state {client.state.name}"
@@ -1169,7 +1175,7 @@ class Pool:
     def _reap_idle_transactions(self, limit: float) -> None:
         """Roll back the transactions of clients idle in them longer than ``limit``."""
         now = monotonic()
-        for client in _snapshot(self._clients):
+        for client in _snapshot(self._clients.values()):
             if not isinstance(client, TransactionModeConnection):
                 continue  # session mode: the server's idle_in_transaction_session_timeout
             slot = client._slot
@@ -1263,12 +1269,13 @@ class Pool:
         spawn_detached(self._loop, self._workers, self._recover, slot, pinned, parked, name="lost")
 
     def _recover(self, slot: Slot[Connection[Any]], pinned: bool, parked: bool = False) -> None:
+        reusable = parked and not reported_changed(slot)
         with self._lock:
             now = monotonic()
             if parked:
                 slot.checked_out_at += now - slot.parked_at
                 slot.parked_at = 0.0
-            self._core.checkin(slot, now, parked)
+            self._core.checkin(slot, now, reusable)
             if pinned:
                 self._core.client_released(True, 0, 0)
         # a replacement for the waiters: none of them would start it while they wait
@@ -1281,7 +1288,7 @@ class Pool:
         core = self._core
         clients = idle = parked = 0
         pending = [0, 0]
-        for client in _snapshot(self._clients):
+        for client in _snapshot(self._clients.values()):
             clients += 1
             if client._parked:  # its server connection is idle, kept for it
                 parked += 1
@@ -1411,7 +1418,7 @@ def _drop_stand_ins_at_exit() -> None:
     finalizer fails once their class is torn down; the pools and clients still alive let go of
     them first (the clients are closed for good then)."""
     for pool in list(_pools):
-        for client in _snapshot(pool._clients):
+        for client in _snapshot(pool._clients.values()):
             if client.pgconn is pool._between:
                 client._close_at_exit()
         pool._between = None
@@ -1420,12 +1427,14 @@ def _drop_stand_ins_at_exit() -> None:
 atexit.register(_drop_stand_ins_at_exit)
 
 
-def _snapshot(clients: dict[int, weakref.ref[Client]]) -> list[Client]:
-    """The clients now: the registry is added to without the pool's lock (by connect() in
-    other threads), and a dict changing while it is copied raises RuntimeError: copy again."""
+def _snapshot(clients: Collection[weakref.ref[Client]]) -> list[Client]:
+    """The clients now, of a registry's weak references (pool._clients.values(),
+    pool._parked_clients): a registry is added to without the pool's lock (by connect() in
+    other threads), and a dict or set changing while it is copied raises RuntimeError: copy
+    again."""
     while True:
         try:
-            refs = list(clients.values())
+            refs = list(clients)
         except RuntimeError:
             continue
         return [client for ref in refs if (client := ref()) is not None]

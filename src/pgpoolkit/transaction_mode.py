@@ -279,14 +279,14 @@ class TransactionModeConnection(PooledConnection[Row]):
                         self._statements += 1
                         if idle:
                             self._transactions += 1
-                    if (
-                        rules.releases(idle)
-                        and (
-                            rules.dirty
-                            or not reported_changed(self._box[0])
-                            or not self._unseen_session_change()
-                        )
-                        and (rules.dirty or not pool._parks or not self._park())
+                    if not rules.releases(idle):
+                        pass
+                    elif not rules.dirty and pool._parks and self._park():
+                        pass  # (the reported parameters are compared when it leaves the client)
+                    elif (
+                        rules.dirty
+                        or not reported_changed(self._box[0])
+                        or not self._unseen_session_change()
                     ):
                         slot = self._take_slot(pool._between)
                         lease = slot.checked_out_at if slot is not None else 0.0
@@ -305,14 +305,15 @@ class TransactionModeConnection(PooledConnection[Row]):
         """Keep the clean, idle server connection instead of giving it back (the caller holds
         _state_lock), unless a request waits for one or the pool needs it back; True if parked.
         Registered before the pool's state is read: a request that queues meanwhile finds it
-        (``pool._reclaim``), or this finds the request."""
-        pool = self._owner
-        ref = pool._clients.get(id(self))
-        if ref is None:  # (closing)
+        (``pool._reclaim``), or this finds the request. A session change the server reported
+        and no statement showed is looked for when the connection leaves the client (it is the
+        client's own until then): ``pool._take_back``, ``close()``."""
+        if self._released:  # (closing, in another thread)
             return False
+        pool = self._owner
         slot = self._box[0]
         parked = pool._parked_clients
-        parked[id(self)] = ref
+        parked.add(self._ref)
         core = pool._core
         budget = pool._shared_budget
         now = monotonic()
@@ -324,7 +325,7 @@ class TransactionModeConnection(PooledConnection[Row]):
             or slot.expires_at <= now
             or (budget is not None and budget.should_surrender(pool))
         ):
-            parked.pop(id(self), None)
+            parked.discard(self._ref)
             return False
         slot.parked_at = now
         detach(self, pool._between, slot.defaults.callbacks)  # between transactions, as before
@@ -336,7 +337,7 @@ class TransactionModeConnection(PooledConnection[Row]):
         (either cleared _parked under _state_lock): the time it was parked was not use. The
         client's pgconn is the server connection's again (its handlers are the server
         connection's own until ``attach``)."""
-        self._owner._parked_clients.pop(id(self), None)
+        self._owner._parked_clients.discard(self._ref)
         slot.checked_out_at += monotonic() - slot.parked_at
         slot.parked_at = 0.0
         self.pgconn = slot.conn.pgconn
