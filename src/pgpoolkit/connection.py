@@ -116,6 +116,8 @@ class PooledConnection(Connection[Row]):
     _chosen_prepared: tuple[int | None, int] | None
     _statements: int
     _transactions: int
+    #: its notice and notify callbacks, set on the server connection it binds (_psycopg.attach)
+    _pgpoolkit_handlers: tuple[Any, Any]
     #: the pool's weak reference to it (its entry in pool._clients), once opened
     _ref: weakref.ref[PooledConnection[Any]]
     #: holding a parked server connection (only a transaction-mode client parks one)

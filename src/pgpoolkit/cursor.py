@@ -24,6 +24,9 @@ from psycopg import ServerCursor
 from ._psycopg import close_locally, cursor_pgconn, forget_declared, point_at
 from ._session_state import HELD, inspect_query, merge_info
 from .errors import PolicyViolation
+from .policies import Event
+
+STATEMENT = Event.STATEMENT
 
 if TYPE_CHECKING:
     from psycopg import Cursor
@@ -94,7 +97,7 @@ class BindingCursor(_CursorBase):
 
     def execute(self, query: Any, params: Params | None = None, **kwargs: Any) -> Any:
         conn = self._conn
-        conn._use(inspect_query(query), query=query, params=params)
+        conn._use(inspect_query(query), STATEMENT, "", query, params)
         try:
             point_at(self, conn.pgconn)
             result = super().execute(query, params, **kwargs)

@@ -22,6 +22,9 @@ from psycopg import AsyncServerCursor
 from .._psycopg import close_locally, cursor_pgconn, forget_declared, point_at
 from .._session_state import HELD, inspect_query, merge_info
 from ..errors import PolicyViolation
+from ..policies import Event
+
+STATEMENT = Event.STATEMENT
 
 if TYPE_CHECKING:
     from psycopg import AsyncCursor
@@ -95,7 +98,7 @@ class AsyncBindingCursor(_CursorBase):
 
     async def execute(self, query: Any, params: Params | None = None, **kwargs: Any) -> Any:
         conn = self._conn
-        await conn._use(inspect_query(query), query=query, params=params)
+        await conn._use(inspect_query(query), STATEMENT, "", query, params)
         try:
             point_at(self, conn.pgconn)
             result = await super().execute(query, params, **kwargs)

@@ -38,7 +38,6 @@ from .._acompat import NO_GUARD, ABindLock, AGuard, ALock, NoGuard
 from .._core import Slot
 from .._probe import is_alive
 from .._psycopg import (
-    attach,
     detach,
     forget_transaction_blocks,
     reported_changed,
@@ -163,8 +162,7 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
         try:
             if parked:  # the common case when no request waits: its last server connection
                 slot = self._box[0]
-                self._unparked(slot)
-                attach(self, slot.conn)
+                self._unparked(slot, True)
                 if not is_alive(slot.conn, slot.probe):
                     await self._parked_died()
             plain = info is PLAIN and event is Event.STATEMENT
@@ -330,15 +328,17 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
         self._parked = True
         return True
 
-    def _unparked(self, slot: Slot[AsyncConnection[Any]]) -> None:
-        """The client takes up its parked server connection again, or the pool takes it back
-        (either cleared _parked under _state_lock): the time it was parked was not use. The
-        client's pgconn is the server connection's again (its handlers are the server
-        connection's own until ``attach``)."""
+    def _unparked(self, slot: Slot[AsyncConnection[Any]], taken_up: bool = False) -> None:
+        """The client takes up its parked server connection again (``taken_up``), or the pool
+        takes it back (either cleared _parked under _state_lock): the time it was parked was
+        not use. The client's pgconn is the server connection's again; its notice and notify
+        handlers are the client's again if taken up (``attach`` made them at the first bind)."""
         self._owner._parked_clients.discard(self._ref)
         slot.checked_out_at += monotonic() - slot.parked_at
         slot.parked_at = 0.0
-        self.pgconn = slot.conn.pgconn
+        self.pgconn = pgconn = slot.conn.pgconn
+        if taken_up:
+            pgconn.notice_handler, pgconn.notify_handler = self._pgpoolkit_handlers
 
     async def _parked_died(self) -> None:
         """The backend of the parked server connection went away meanwhile (terminated, a
