@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 import threading
 import uuid
 from typing import Any
@@ -208,6 +209,30 @@ def test_an_unseen_session_change_is_found_when_the_connection_leaves_its_client
                     assert conn.execute("SHOW application_name").fetchone() == (app,)
     finally:
         admin.execute(f"DROP FUNCTION {fn}()")
+
+
+def test_dropped_clients_leave_no_error_behind(
+    dsn: str, app: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Clients dropped without close(), never bound, bound, parked, in reference cycles: their
+    finalizers run without an error (one that raises is only printed, as "Exception ignored
+    in")."""
+    unraisable: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    with make_pool(dsn, app, min_size=1, max_size=2) as pool:
+        never_bound = pool.connect()
+        in_transaction = pool.connect()
+        in_transaction.autocommit = False
+        in_transaction.execute("SELECT 1")
+        parked = pool.connect()
+        pid(parked)
+        assert parked._parked  # type: ignore[attr-defined]
+        for client in (never_bound, in_transaction, parked):
+            client.__dict__["cycle"] = client  # collected by gc: its weak reference dies first
+        del never_bound, in_transaction, parked, client
+        gc.collect()
+        wait_for(lambda: pool.stats().servers_active == 0, what="the connections back")
+    assert not unraisable, unraisable[0].exc_value
 
 
 @pytest.mark.parametrize(

@@ -353,10 +353,12 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
             await self._owner._parked_lost(taken, statements, transactions)
 
     async def close(self) -> None:
+        """Give the server connection back to the pool (a parked one too), as
+        :meth:`AsyncPooledConnection.close` does. Closing twice does nothing."""
         with self._state_lock:
             parked = self._parked
             self._parked = False
-        if parked:
+        if parked and self._box:  # (not in a forked child: it let go of the parent's)
             self._unparked(self._box[0])
         await super().close()
 
