@@ -235,6 +235,23 @@ def test_dropped_clients_leave_no_error_behind(
     assert not unraisable, unraisable[0].exc_value
 
 
+def test_the_parked_registry_keeps_no_client_it_does_not_need(dsn: str, app: str) -> None:
+    """A client that takes its connection up again may stay in the registry until someone
+    looks (cheaper than leaving it at every statement); closed or dropped, it goes."""
+    with make_pool(dsn, app, min_size=1, max_size=2) as pool:
+        for _ in range(50):
+            with pool.connection() as conn:  # parks after its statement, closes
+                pid(conn)
+        assert not pool._parked_clients
+        kept = [pool.connect() for _ in range(3)]
+        for client in kept:
+            pid(client)
+            client.__dict__["cycle"] = client  # collected by gc, its weak reference dead first
+        del kept, client
+        gc.collect()
+        assert not pool._parked_clients
+
+
 @pytest.mark.parametrize(
     "option",
     [

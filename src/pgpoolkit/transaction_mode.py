@@ -163,8 +163,11 @@ class TransactionModeConnection(PooledConnection[Row]):
             self._parked = False
         try:
             if parked:  # the common case when no request waits: its last server connection
-                slot = self._box[0]
-                self._unparked(slot, True)
+                slot = self._box[0]  # (taken up: _unparked's, inline, and the client's handlers)
+                slot.checked_out_at += monotonic() - slot.parked_at
+                slot.parked_at = 0.0
+                self.pgconn = pgconn = slot.conn.pgconn
+                pgconn.notice_handler, pgconn.notify_handler = self._pgpoolkit_handlers
                 if not is_alive(slot.conn, slot.probe):
                     self._parked_died()
             plain = info is PLAIN and event is Event.STATEMENT
@@ -311,7 +314,7 @@ class TransactionModeConnection(PooledConnection[Row]):
         pool = self._owner
         slot = self._box[0]
         parked = pool._parked_clients
-        parked.add(self._ref)
+        parked[id(self)] = self._ref  # (there already if it parked before, not popped since)
         core = pool._core
         budget = pool._shared_budget
         now = monotonic()
@@ -323,24 +326,22 @@ class TransactionModeConnection(PooledConnection[Row]):
             or slot.expires_at <= now
             or (budget is not None and budget.should_surrender(pool))
         ):
-            parked.discard(self._ref)
+            parked.pop(id(self), None)
             return False
         slot.parked_at = now
         detach(self, pool._between, slot.defaults.callbacks)  # between transactions, as before
         self._parked = True
         return True
 
-    def _unparked(self, slot: Slot[Connection[Any]], taken_up: bool = False) -> None:
-        """The client takes up its parked server connection again (``taken_up``), or the pool
-        takes it back (either cleared _parked under _state_lock): the time it was parked was
-        not use. The client's pgconn is the server connection's again; its notice and notify
-        handlers are the client's again if taken up (``attach`` made them at the first bind)."""
-        self._owner._parked_clients.discard(self._ref)
+    def _unparked(self, slot: Slot[Connection[Any]]) -> None:
+        """The pool takes the parked server connection back, or the client closes (either
+        cleared _parked under _state_lock): the time it was parked was not use; the client's
+        pgconn is the server connection's again, for ``_take_slot``. (A client taking it up
+        for a statement does the same in ``_use``, and sets its own handlers again, and leaves
+        its entry in ``pool._parked_clients``: whoever finds it there finds it not parked.)"""
         slot.checked_out_at += monotonic() - slot.parked_at
         slot.parked_at = 0.0
-        self.pgconn = pgconn = slot.conn.pgconn
-        if taken_up:
-            pgconn.notice_handler, pgconn.notify_handler = self._pgpoolkit_handlers
+        self.pgconn = slot.conn.pgconn
 
     def _parked_died(self) -> None:
         """The backend of the parked server connection went away meanwhile (terminated, a
@@ -362,6 +363,7 @@ class TransactionModeConnection(PooledConnection[Row]):
             self._parked = False
         if parked and self._box:  # (not in a forked child: it let go of the parent's)
             self._unparked(self._box[0])
+        self._owner._parked_clients.pop(id(self), None)
         super().close()
 
     def _lost_server(self) -> None:

@@ -423,8 +423,8 @@ class AsyncPooledConnection(AsyncConnection[Row]):
             client = held()
             if client is self or client is None:  # (None: collected in a cycle)
                 clients.pop(id(self), None)
-                if self._parked:  # (only a parked one's is there, and hashed: a weak
-                    pool._parked_clients.discard(held)  # reference dead unhashed can't be)
+                if pool._parked_clients.get(id(self)) is held:
+                    pool._parked_clients.pop(id(self), None)
         if box:  # (parked, it is clean and idle: reused)
             pool._client_lost(box[0], self._rules.pinned, self._parked)
 

@@ -207,9 +207,10 @@ class AsyncPool:
         #: finalizer removes it), which costs less than a WeakSet's add and discard
         self._clients: dict[int, weakref.ref[Client]] = {}
         #: the transaction-mode clients that parked their server connection between
-        #: transactions (their weak references of _clients), to take back when a request finds
-        #: none idle
-        self._parked_clients: set[weakref.ref[Client]] = set()
+        #: transactions (their weak references of _clients, by id()), to take back when a
+        #: request finds none idle; one that took its connection up again stays until someone
+        #: finds it not parked (_take_back)
+        self._parked_clients: dict[int, weakref.ref[Client]] = {}
         self._pinned_logged = False
         self._loop: asyncio.AbstractEventLoop | None = None  # sync: self._loop: object = None
         self._configure = configure
@@ -280,7 +281,7 @@ class AsyncPool:
         for client in _snapshot(self._clients.values()):
             client._forget_after_fork()
         self._clients = {}
-        self._parked_clients = set()
+        self._parked_clients = {}
         self._lent = {}
         self._core = PoolCore(self._config)
         self._deadlines = ADeadlines(self._core.waiters)
@@ -646,13 +647,13 @@ class AsyncPool:
         pauses, drains, resizes, closes or checks its connections). Each goes back as its
         client would have given it back: to the oldest waiting request, or idle."""
         if every:
-            for client in _snapshot(self._parked_clients):
+            for client in _snapshot(self._parked_clients.values()):
                 await self._take_back(client, parked_for)
             return
         parked = self._parked_clients
         while parked:
             try:
-                ref = parked.pop()
+                ref = parked.popitem()[1]
             except KeyError:  # (another thread took the last one)
                 return
             found = ref()  # (None: dropped; its finalizer gives the connection back)
@@ -661,14 +662,19 @@ class AsyncPool:
 
     async def _take_back(self, client: Client, parked_for: float = 0.0) -> bool:
         """Take back the server connection ``client`` parked, if it still has it parked (for
-        ``parked_for`` seconds at least); True if taken."""
+        ``parked_for`` seconds at least); True if taken. Its entry in _parked_clients goes,
+        unless it stays parked."""
         assert isinstance(client, AsyncTransactionModeConnection)
         taken = None
         try:
             with client._state_lock:  # not while it runs something: then it is not parked
-                if not client._parked or (
-                    parked_for and monotonic() - client._box[0].parked_at < parked_for
-                ):
+                parked = client._parked
+                if parked and parked_for and monotonic() - client._box[0].parked_at < parked_for:
+                    return False
+                registry = self._parked_clients  # (nobody adds it meanwhile: we hold its lock)
+                if registry.get(id(client)) is client._ref:
+                    registry.pop(id(client), None)
+                if not parked:
                     return False
                 client._parked = False
                 slot = client._box[0]
@@ -1446,9 +1452,9 @@ atexit.register(_drop_stand_ins_at_exit)
 
 def _snapshot(clients: Collection[weakref.ref[Client]]) -> list[Client]:
     """The clients now, of a registry's weak references (pool._clients.values(),
-    pool._parked_clients): a registry is added to without the pool's lock (by connect() in
-    other threads), and a dict or set changing while it is copied raises RuntimeError: copy
-    again."""
+    pool._parked_clients.values()): a registry is added to without the pool's lock (by
+    connect() in other threads), and a dict changing while it is copied raises RuntimeError:
+    copy again."""
     while True:
         try:
             refs = list(clients)
