@@ -8,7 +8,8 @@ network, take the ``own_postgres`` fixture: a cluster of their own.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
@@ -60,3 +61,34 @@ def server_connections(admin: psycopg.Connection[tuple[object, ...]], app: str) 
     ).fetchone()
     assert row is not None
     return int(str(row[0]))
+
+
+def start_threads(n: int, work: Callable[[int], None]) -> Callable[[], None]:
+    """Start ``work(i)`` in ``n`` threads; the function returned joins them and re-raises the
+    first error."""
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            work(i)
+        except BaseException as ex:
+            errors.append(ex)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+
+    def join() -> None:
+        for t in threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in threads)
+        if errors:
+            raise errors[0]
+
+    return join
+
+
+def run_in_threads(work: Callable[[int], None], n: int) -> None:
+    """Run ``work(0)`` ... ``work(n - 1)`` in ``n`` threads at once; fail with the first error
+    any of them raised."""
+    start_threads(n, work)()

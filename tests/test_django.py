@@ -32,7 +32,7 @@ from django.core.exceptions import ImproperlyConfigured  # noqa: E402
 from django.core.handlers.wsgi import WSGIHandler  # noqa: E402
 from django.db import IntegrityError, OperationalError, connections, transaction  # noqa: E402
 
-from conftest import server_connections  # noqa: E402
+from conftest import run_in_threads, server_connections, start_threads  # noqa: E402
 from django_project import settings as project  # noqa: E402
 from pgpoolkit import PolicyViolation, Pool, PooledConnection  # noqa: E402
 from pgpoolkit.policies import ClientState  # noqa: E402
@@ -134,36 +134,6 @@ def request(app: WSGIHandler, path: str) -> Any:
         response.close()
     assert status == ["200 OK"], body
     return json.loads(body)
-
-
-def start_threads(n: int, work: Callable[[int], None]) -> Callable[[], None]:
-    """Start ``work(i)`` in ``n`` threads; the function returned joins them and re-raises the
-    first error."""
-    errors: list[BaseException] = []
-
-    def run(i: int) -> None:
-        try:
-            work(i)
-        except BaseException as ex:
-            errors.append(ex)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-
-    def join() -> None:
-        for t in threads:
-            t.join(60)
-        assert not any(t.is_alive() for t in threads)
-        if errors:
-            raise errors[0]
-
-    return join
-
-
-def in_threads(n: int, work: Callable[[int], None]) -> None:
-    """Run ``work(i)`` in ``n`` threads; re-raise the first error."""
-    start_threads(n, work)()
 
 
 def resets(alias: str) -> Callable[[], int]:
@@ -326,7 +296,7 @@ def test_requests_from_threads(django_project: WSGIHandler, admin: Admin, alias:
             ids.append(request(django_project, f"/{alias}/add/{tag}-{n}/")["id"])
             assert connections[alias].connection is None  # closed at the request's end
 
-    in_threads(8, work)
+    run_in_threads(work, 8)
     stats = pool.stats()
     assert (stats.clients_open, stats.servers_active) == (0, 0)
     assert server_connections(admin, project.application_name(alias)) <= 2
@@ -385,7 +355,7 @@ def test_time_zone_role_and_isolation_are_set_without_a_reset(
         for _ in range(5):
             answers.append(request(django_project, f"/{alias}/session/"))
 
-    in_threads(4, work)
+    run_in_threads(work, 4)
     assert len(answers) == 20
     expected = {
         "time_zone": "UTC",
@@ -507,7 +477,7 @@ def test_prepared_statements_in_transaction_mode() -> None:
         finally:
             connections.close_all()
 
-    in_threads(4, work)
+    run_in_threads(work, 4)
     with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
         cursor.execute("SELECT count(*) FROM pg_prepared_statements")
         row = cursor.fetchone()

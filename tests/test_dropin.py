@@ -23,6 +23,7 @@ from psycopg.rows import DictRow, dict_row
 from psycopg.types import TypeInfo
 from psycopg.types.enum import EnumInfo, register_enum
 
+from conftest import run_in_threads
 from pgpoolkit import PolicyViolation, Pool, PooledConnection
 
 Connect = Callable[..., psycopg.Connection[Any]]
@@ -215,21 +216,12 @@ def test_closed_connection_and_its_cursors(connect: Connect) -> None:
 def test_shared_by_8_threads(connect: Connect) -> None:
     conn = connect()
     conn.autocommit = True
-    errors: list[BaseException] = []
 
-    def work() -> None:
-        try:
-            for i in range(50):
-                assert conn.execute("SELECT %s::int", [i]).fetchone() == (i,)
-        except BaseException as ex:
-            errors.append(ex)
+    def work(_: int) -> None:
+        for i in range(50):
+            assert conn.execute("SELECT %s::int", [i]).fetchone() == (i,)
 
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert not errors
+    run_in_threads(work, 8)
 
 
 # -- what only a pool has: nothing a client changed reaches the next one -----------------------
@@ -383,26 +375,17 @@ def test_transaction_mode_between_transactions(tpool: Pool) -> None:
 def test_transaction_mode_shared_by_8_threads_leaks_nothing(tpool: Pool) -> None:
     conn = tpool.connect()
     conn.autocommit = True
-    errors: list[BaseException] = []
 
     def work(k: int) -> None:
-        try:
-            for i in range(40):
-                if i % 2:
-                    with conn.cursor() as cur:
-                        cur.execute("SELECT %s::int", [i])
-                        assert cur.fetchone() == (i,)
-                else:
-                    assert conn.execute("SELECT %s::int", [k]).fetchone() == (k,)
-        except BaseException as ex:
-            errors.append(ex)
+        for i in range(40):
+            if i % 2:
+                with conn.cursor() as cur:
+                    cur.execute("SELECT %s::int", [i])
+                    assert cur.fetchone() == (i,)
+            else:
+                assert conn.execute("SELECT %s::int", [k]).fetchone() == (k,)
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors[:3]
+    run_in_threads(work, 8)
     stats = tpool.stats()
     assert stats.servers_active == 0, stats
     with tpool.connection() as other:  # the pool still serves

@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from conftest import run_in_threads
 from pgpoolkit import AsyncPool, ClientState, Pool
 from test_faults import await_for, wait_for
 
@@ -283,34 +284,25 @@ def test_threads_sharing_few_connections_never_share_one(dsn: str, app: str) -> 
     transaction stays on its backend."""
     in_transaction: dict[int, int] = {}
     guard = threading.Lock()
-    errors: list[BaseException] = []
     with make_pool(dsn, app, min_size=3, max_size=3, timeout=20.0) as pool:
 
         def work(k: int) -> None:
-            try:
-                client = pool.connect()
-                for i in range(60):
-                    if i % 3:
-                        pid(client)
-                        continue
-                    with client.transaction():
-                        mine = pid(client)
-                        with guard:
-                            assert mine not in in_transaction, "a backend in two transactions"
-                            in_transaction[mine] = k
-                        assert pid(client) == mine
-                        with guard:
-                            del in_transaction[mine]
-                client.close()
-            except BaseException as ex:
-                errors.append(ex)
+            client = pool.connect()
+            for i in range(60):
+                if i % 3:
+                    pid(client)
+                    continue
+                with client.transaction():
+                    mine = pid(client)
+                    with guard:
+                        assert mine not in in_transaction, "a backend in two transactions"
+                        in_transaction[mine] = k
+                    assert pid(client) == mine
+                    with guard:
+                        del in_transaction[mine]
+            client.close()
 
-        threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        assert not errors, errors[0]
+        run_in_threads(work, 8)
         stats = pool.stats()
         assert stats.servers_active == 0 and stats.servers_total <= 3
         assert stats.timeouts_total == 0
