@@ -11,15 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import random
 import sys
 import threading
+import time
 import uuid
 from typing import Any
 
 import psycopg
 import pytest
 
-from conftest import run_in_threads
+from conftest import run_in_threads, start_threads
 from pgpoolkit import AsyncPool, ClientState, Pool
 from test_faults import await_for, wait_for
 
@@ -308,6 +310,76 @@ def test_threads_sharing_few_connections_never_share_one(dsn: str, app: str) -> 
         assert stats.timeouts_total == 0
 
 
+def test_threads_under_pause_drain_and_resize_never_share_a_backend(dsn: str, app: str) -> None:
+    """3 threads with clients (statements, transactions, clients closed and dropped: most of
+    the time parked between them) and 1 with getconn() (which takes parked connections back),
+    over 2-3 server connections, while the pool pauses, drains and resizes every 50 ms: a
+    backend is never held by two at once, nothing fails, nothing hangs."""
+    held: dict[int, object] = {}
+    guard = threading.Lock()
+    stop = time.monotonic() + 3.0
+
+    def claim(backend: int, who: object) -> None:
+        with guard:
+            assert backend not in held, f"backend {backend} held by {held[backend]} and {who}"
+            held[backend] = who
+
+    def unclaim(backend: int) -> None:
+        with guard:
+            del held[backend]
+
+    with make_pool(dsn, app, min_size=2, max_size=3, timeout=30.0) as pool:
+
+        def work(k: int) -> None:
+            rnd = random.Random(k)
+            if k == 3:  # a getconn() user, now and then (the clients park meanwhile)
+                while time.monotonic() < stop:
+                    raw = pool.getconn()
+                    backend = pid(raw)
+                    claim(backend, f"getconn {k}")
+                    unclaim(backend)
+                    pool.putconn(raw)
+                    time.sleep(0.002)
+                return
+            client = pool.connect()
+            while time.monotonic() < stop:
+                r = rnd.random()
+                if r < 0.6:
+                    pid(client)
+                elif r < 0.9:
+                    with client.transaction():
+                        backend = pid(client)
+                        claim(backend, k)
+                        assert pid(client) == backend
+                        unclaim(backend)
+                elif r < 0.95:
+                    client.close()
+                    client = pool.connect()
+                else:
+                    client = pool.connect()  # the last one dropped without close()
+            client.close()
+
+        def administer(_: int) -> None:
+            rnd = random.Random(99)
+            while time.monotonic() < stop:
+                action = rnd.choice(["pause", "drain", "resize"])
+                if action == "pause":
+                    pool.pause(timeout=10.0)
+                    pool.resume()
+                elif action == "drain":
+                    pool.drain()
+                else:
+                    pool.resize(1, rnd.choice([2, 3]))
+                assert pool.stats().servers_total <= 3
+                time.sleep(0.05)
+
+        join = start_threads(4, work)
+        run_in_threads(administer, 1)
+        join()
+        gc.collect()
+        wait_for(lambda: pool.stats().servers_active == 0, what="every connection back")
+
+
 async def test_tasks_sharing_few_connections_never_share_one(dsn: str, app: str) -> None:
     in_transaction: dict[int, int] = {}
 
@@ -344,6 +416,84 @@ async def test_tasks_sharing_few_connections_never_share_one(dsn: str, app: str)
         stats = pool.stats()
         assert stats.servers_active == 0 and stats.servers_total <= 3
         assert stats.timeouts_total == 0
+
+
+async def test_tasks_under_pause_drain_and_resize_never_share_a_backend(dsn: str, app: str) -> None:
+    """The asynchronous twin: 3 tasks with clients and 1 with getconn() over 2-3 server
+    connections, while the pool pauses, drains and resizes."""
+    held: dict[int, object] = {}
+    stop = time.monotonic() + 3.0
+
+    async def apid(conn: Any) -> int:
+        row = await (await conn.execute("SELECT pg_backend_pid()")).fetchone()
+        return int(row[0])
+
+    async with AsyncPool(
+        dsn,
+        mode="transaction",
+        min_size=2,
+        max_size=3,
+        timeout=30.0,
+        kwargs={"application_name": app, "autocommit": True},
+    ) as pool:
+
+        async def use_getconn(k: int) -> None:
+            while time.monotonic() < stop:
+                raw = await pool.getconn()
+                backend = await apid(raw)
+                assert backend not in held, f"backend {backend} held by {held[backend]} and {k}"
+                held[backend] = k
+                await asyncio.sleep(0)
+                del held[backend]
+                await pool.putconn(raw)
+                await asyncio.sleep(0.002)  # now and then: the clients park meanwhile
+
+        async def use_client(k: int) -> None:
+            rnd = random.Random(k)
+            client = await pool.connect()
+            while time.monotonic() < stop:
+                r = rnd.random()
+                if r < 0.6:
+                    await apid(client)
+                elif r < 0.9:
+                    async with client.transaction():
+                        backend = await apid(client)
+                        assert backend not in held, f"{backend} held by {held[backend]} and {k}"
+                        held[backend] = k
+                        await asyncio.sleep(0)
+                        assert await apid(client) == backend
+                        del held[backend]
+                elif r < 0.95:
+                    await client.close()
+                    client = await pool.connect()
+                else:
+                    client = await pool.connect()  # the last one dropped without close()
+            await client.close()
+
+        async def administer() -> None:
+            rnd = random.Random(99)
+            while time.monotonic() < stop:
+                action = rnd.choice(["pause", "drain", "resize"])
+                if action == "pause":
+                    await pool.pause(timeout=10.0)
+                    await pool.resume()
+                elif action == "drain":
+                    await pool.drain()
+                else:
+                    await pool.resize(1, rnd.choice([2, 3]))
+                assert pool.stats().servers_total <= 3
+                await asyncio.sleep(0.05)
+
+        await asyncio.wait_for(
+            asyncio.gather(
+                *(use_client(k) for k in range(3)),
+                use_getconn(3),
+                administer(),
+            ),
+            60.0,
+        )
+        gc.collect()
+        await await_for(lambda: pool.stats().servers_active == 0, what="every connection back")
 
 
 async def test_async_a_parked_backend_terminated_is_replaced_unseen(
