@@ -274,13 +274,7 @@ def run_threads(
             th.start()
         start.wait()
         t_start = time.perf_counter()
-        ticker = _Ticker(
-            seconds,
-            t_start,
-            done=lambda: sum(len(f.durations) for f in figures),
-            stats=pool.stats,
-            servers=lambda: sampler.current,
-        )
+        ticker = _Ticker(seconds, t_start, figures, pool.stats, sampler)
         try:
             while (pause := ticker.pause()) is not None:
                 time.sleep(pause)
@@ -307,15 +301,14 @@ class _Ticker:
         self,
         seconds: float,
         t_start: float,
-        *,
-        done: Callable[[], int],
+        figures: list[_Client],
         stats: Callable[[], PoolStats],
-        servers: Callable[[], int],
+        sampler: ServerSampler,
     ) -> None:
         self.end = t_start + seconds
         self.t_start = self.last_t = t_start
         self.last_done = 0
-        self.done, self.stats, self.servers = done, stats, servers
+        self.figures, self.stats, self.sampler = figures, stats, sampler
 
     def pause(self) -> float | None:
         """Seconds to sleep before the next line; None once the time is up."""
@@ -326,9 +319,9 @@ class _Ticker:
         return min(1.0 - (now - self.t_start) % 1.0, left)
 
     def report(self) -> None:
-        now, done = time.perf_counter(), self.done()
+        now, done = time.perf_counter(), sum(len(f.durations) for f in self.figures)
         since, dt = now - self.t_start, now - self.last_t
-        _print(_progress_line(since, done, self.last_done, dt, self.stats(), self.servers()))
+        _print(_progress_line(since, done, self.last_done, dt, self.stats(), self.sampler.current))
         self.last_t, self.last_done = now, done
 
 
@@ -374,13 +367,7 @@ async def _arun_tasks(
 
         t_start = time.perf_counter()
         tasks = [asyncio.create_task(client(i), name=f"demo-client-{i}") for i in range(clients)]
-        ticker = _Ticker(
-            seconds,
-            t_start,
-            done=lambda: sum(len(f.durations) for f in figures),
-            stats=pool.stats,
-            servers=lambda: sampler.current,
-        )
+        ticker = _Ticker(seconds, t_start, figures, pool.stats, sampler)
         try:
             while (pause := ticker.pause()) is not None:
                 await asyncio.sleep(pause)
