@@ -74,7 +74,8 @@ class Slot(Generic[T]):
         #: True while handed out to a client; never handed to two at once
         self.out = False
         #: while out: when its transaction-mode client parked it between transactions (it
-        #: keeps it until the pool needs it: see pool._reclaim); 0.0 when not parked
+        #: keeps it until the pool needs it: see pool._reclaim); 0.0 when not parked. No
+        #: connection is parked in a pool with leak_timeout: each transaction is a lease
         self.parked_at = 0.0
         #: the shell's liveness probe for this connection's socket
         self.probe: object = None
@@ -93,6 +94,12 @@ class Slot(Generic[T]):
         self.leak_stack: Any = None
         #: what the shell's session-mode clients bound to it start with (settings, factories)
         self.client_start: Any = None
+
+    def unpark(self, now: float) -> None:
+        """It is taken up again, or back, after being parked: the time parked was not use
+        (``usage_ms`` counts from ``checked_out_at``)."""
+        self.checked_out_at += now - self.parked_at
+        self.parked_at = 0.0
 
 
 class Waiter(Protocol[T]):
@@ -446,10 +453,7 @@ class PoolCore(Generic[T]):
         return [
             slot
             for slot in self.slots.values()
-            if slot.out
-            and not slot.parked_at
-            and slot.leak_stack is not None
-            and now - slot.checked_out_at >= limit
+            if slot.out and slot.leak_stack is not None and now - slot.checked_out_at >= limit
         ]
 
     def take_idle(self, now: float) -> list[Slot[T]]:

@@ -1296,8 +1296,7 @@ class AsyncPool:
         with self._lock:
             now = monotonic()
             if parked:
-                slot.checked_out_at += now - slot.parked_at
-                slot.parked_at = 0.0
+                slot.unpark(now)
             self._core.checkin(slot, now, reusable)
             if pinned:
                 self._core.client_released(True, 0, 0)

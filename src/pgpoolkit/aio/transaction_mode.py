@@ -161,9 +161,8 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
             self._parked = False
         try:
             if parked:  # the common case when no request waits: its last server connection
-                slot = self._box[0]  # (taken up: _unparked's, inline, and the client's handlers)
-                slot.checked_out_at += monotonic() - slot.parked_at
-                slot.parked_at = 0.0
+                slot = self._box[0]  # (taken up: _unparked, and the client's handlers)
+                slot.unpark(monotonic())
                 self.pgconn = pgconn = slot.conn.pgconn
                 pgconn.notice_handler, pgconn.notify_handler = self._pgpoolkit_handlers
                 if not is_alive(slot.conn, slot.probe):
@@ -337,8 +336,7 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
         pgconn is the server connection's again, for ``_take_slot``. (A client taking it up
         for a statement does the same in ``_use``, and sets its own handlers again, and leaves
         its entry in ``pool._parked_clients``: whoever finds it there finds it not parked.)"""
-        slot.checked_out_at += monotonic() - slot.parked_at
-        slot.parked_at = 0.0
+        slot.unpark(monotonic())
         self.pgconn = slot.conn.pgconn
 
     async def _parked_died(self) -> None:
