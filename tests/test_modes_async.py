@@ -802,6 +802,25 @@ async def test_withhold_named_cursor_is_session_state(dsn: str, app: str, mode: 
         assert pool.stats().clients_pinned == 0
 
 
+@pytest.mark.parametrize("mode", ["transaction", "statement"])
+async def test_closing_a_withhold_cursor_unpins_the_client(dsn: str, app: str, mode: str) -> None:
+    async with make_pool(dsn, app, {"autocommit": True}, mode=mode, max_size=1) as pool:
+        c1 = await pool.connect()
+        cur = c1.cursor(name="pgpk_held", withhold=True)
+        await cur.execute("SELECT generate_series(1, 3)")
+        assert state(c1) is ClientState.PINNED
+        assert await cur.fetchall() == [(1,), (2,), (3,)]
+        await cur.close()  # psycopg's CLOSE, sent outside execute()
+        assert cur.closed
+        assert state(c1) is ClientState.IDLE
+        assert pool.stats().clients_pinned == 0
+        # the only server connection is no longer c1's: another client gets it
+        async with await pool.connect(timeout=2) as c2:
+            assert await one(c2, "SELECT count(*) FROM pg_cursors") == 0
+        assert await one(c1, "SELECT 1") == 1
+        await c1.close()
+
+
 @pytest.mark.parametrize("autocommit", [True, False])
 async def test_copy_keeps_the_connection_for_its_block(
     dsn: str, admin: Admin, table: str, app: str, autocommit: bool

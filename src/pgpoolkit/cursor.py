@@ -27,6 +27,8 @@ from .errors import PolicyViolation
 from .policies import Event
 
 STATEMENT = Event.STATEMENT
+#: what closing a WITH HOLD cursor does to the session: it may undo a pin
+_CLOSE_HELD = inspect_query("CLOSE held")
 
 if TYPE_CHECKING:
     from psycopg import Cursor
@@ -201,7 +203,15 @@ class BindingServerCursor(_ServerCursorBase):
         if not conn._box or cursor_pgconn(self) is not conn.pgconn:
             close_locally(self)  # nothing left on any server connection the client holds
             return
-        super().close()
+        if not self.withhold or self.closed:
+            super().close()
+            return
+        # psycopg sends CLOSE itself: seen as the statement it is, it may unpin the client
+        conn._use(_CLOSE_HELD)
+        try:
+            super().close()
+        finally:
+            conn._done()
 
 
 _watched: dict[tuple[type, type], type] = {}

@@ -25,6 +25,8 @@ from ..errors import PolicyViolation
 from ..policies import Event
 
 STATEMENT = Event.STATEMENT
+#: what closing a WITH HOLD cursor does to the session: it may undo a pin
+_CLOSE_HELD = inspect_query("CLOSE held")
 
 if TYPE_CHECKING:
     from psycopg import AsyncCursor
@@ -207,7 +209,15 @@ class AsyncBindingServerCursor(_ServerCursorBase):
         if not conn._box or cursor_pgconn(self) is not conn.pgconn:
             close_locally(self)  # nothing left on any server connection the client holds
             return
-        await super().close()
+        if not self.withhold or self.closed:
+            await super().close()
+            return
+        # psycopg sends CLOSE itself: seen as the statement it is, it may unpin the client
+        await conn._use(_CLOSE_HELD)
+        try:
+            await super().close()
+        finally:
+            await conn._done()
 
 
 _watched: dict[tuple[type, type], type] = {}
