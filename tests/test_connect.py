@@ -18,16 +18,15 @@ from psycopg.rows import dict_row
 import pgpoolkit
 from conftest import server_connections
 from pgpoolkit import PooledConnection, PoolTimeout
-from pgpoolkit._connect import close_all
 
 Admin = psycopg.Connection[tuple[Any, ...]]
 
 
 @pytest.fixture(autouse=True)
 def _fresh_pools() -> Iterator[None]:
-    close_all()
+    pgpoolkit.close_process_pools()
     yield
-    close_all()
+    pgpoolkit.close_process_pools()
 
 
 @pytest.fixture
@@ -159,12 +158,12 @@ def test_threads_share_the_pool(dsn: str, admin: Admin, app: str) -> None:
     assert server_connections(admin, app) <= 4
 
 
-def test_close_all(dsn: str, admin: Admin, app: str) -> None:
+def test_close_process_pools(dsn: str, admin: Admin, app: str) -> None:
     conn = pgpoolkit.connect(dsn, application_name=app)
     conn.close()
     pool = conn.pool
     assert server_connections(admin, app) == 1
-    close_all()
+    pgpoolkit.close_process_pools()
     assert pool.closed
     wait_for_server(admin, app, 0)
     conn2 = pgpoolkit.connect(dsn, application_name=app)  # a new pool

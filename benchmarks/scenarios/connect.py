@@ -12,7 +12,6 @@ import psycopg
 from harness import Contender, Context, Scenario, Threads, plural, scenario
 
 import pgpoolkit
-from pgpoolkit._connect import close_all
 
 ORDER = 70
 NEW = "new psycopg connection per unit"
@@ -22,7 +21,7 @@ def connect(ctx: Context, n: int, seconds: float) -> Scenario:
     def build(stack: ExitStack) -> list[Contender]:
         d = Threads(stack)
         dropin: dict[str, Any] = {"autocommit": True, "max_size": 10}
-        stack.callback(close_all)  # the process-wide pools of pgpoolkit.connect()
+        stack.callback(pgpoolkit.close_process_pools)
         pgpoolkit.connect(ctx.dsn, **dropin).close()
 
         def new() -> None:

@@ -10,7 +10,7 @@ min/max sizing), inside the application, with no extra process or network hop::
             conn.execute("SELECT 1")
 """
 
-from ._connect import connect
+from ._connect import close_process_pools, connect
 from .aio.connection import AsyncPooledConnection
 from .aio.manager import AsyncPoolManager
 from .aio.pool import AsyncPool
@@ -71,5 +71,6 @@ __all__ = [
     "TransactionPolicy",
     "UnknownPool",
     "__version__",
+    "close_process_pools",
     "connect",
 ]

@@ -16,7 +16,7 @@ from typing import Any
 from .connection import PooledConnection
 from .pool import Pool
 
-__all__ = ["close_all", "connect"]
+__all__ = ["close_process_pools", "connect"]
 
 #: the Pool constructor's options that pgpoolkit.connect() accepts besides conninfo: read off its
 #: signature, so that a new pool parameter is never passed to libpq as a connection option
@@ -65,8 +65,9 @@ def connect(
     return conn
 
 
-def close_all() -> None:
-    """Close the process-wide pools of ``pgpoolkit.connect()`` (done at exit)."""
+def close_process_pools() -> None:
+    """Close the process-wide pools of :func:`pgpoolkit.connect` now (done at exit): their
+    connections are closed, and the next ``connect()`` makes a new pool."""
     with _lock:
         pools = list(_pools.values())
         _pools.clear()
@@ -84,6 +85,6 @@ def _forget_after_fork() -> None:
     _lock = threading.Lock()
 
 
-atexit.register(close_all)
+atexit.register(close_process_pools)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_after_fork)
