@@ -27,8 +27,9 @@ from psycopg import IsolationLevel
 from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
-from conftest import server_connections
+from conftest import run_in_threads, server_connections
 from pgpoolkit import AsyncPool, Pool, PoolClosed, PooledConnection, PoolTimeout, TooManyRequests
+from pgpoolkit._psycopg import SPARE_CLIENTS
 from pgpoolkit.testing import TemporaryPostgres
 
 Admin = psycopg.Connection[tuple[Any, ...]]
@@ -126,6 +127,104 @@ def test_connection_outside_a_with_block(dsn: str, app: str) -> None:
             assert conn.execute("SELECT 1").fetchone() == (1,)
             assert pool.stats().clients_open == 1
         assert pool.stats().clients_open == 0
+
+
+class _Marker:
+    """A type no connection can adapt, but one whose user registered a dumper for it."""
+
+
+def test_a_block_connection_is_made_anew_once_nothing_refers_to_it(dsn: str, app: str) -> None:
+    """connection() makes the closed connection of an earlier block anew, instead of a new
+    object, only when nothing refers to it any more: a variable, a cursor or a weak reference
+    keeps it closed for good. Made anew, it keeps nothing its last user set on it."""
+    with make_pool(dsn, app, min_size=1, max_size=1) as pool:
+
+        def block_id() -> int:
+            with pool.connection() as conn:
+                conn.autocommit = True
+                conn.read_only = True
+                conn.isolation_level = IsolationLevel.SERIALIZABLE
+                conn.row_factory = dict_row  # type: ignore[assignment]
+                conn.prepare_threshold = None
+                conn.add_notice_handler(lambda diag: None)
+                conn.adapters.register_dumper(_Marker, psycopg.types.string.StrDumper)
+                conn.mine = "set by its user"  # type: ignore[attr-defined]
+                assert conn.execute("SELECT 1").fetchone() == {"?column?": 1}
+                return id(conn)
+
+        first = block_id()
+        assert [id(c) for c in pool._spare_clients] == [first]  # kept: nothing refers to it
+        # (alive meanwhile: an object made now could not have its id)
+        assert block_id() == first
+        with pool.connection() as conn:
+            assert id(conn) == first
+            assert (conn.autocommit, conn.read_only, conn.isolation_level) == (False, None, None)
+            assert conn.row_factory is psycopg.rows.tuple_row
+            assert conn.prepare_threshold == 5
+            assert not conn._notice_handlers
+            assert not hasattr(conn, "mine")
+            with pytest.raises(psycopg.ProgrammingError, match="cannot adapt"):
+                conn.execute("SELECT %s", [_Marker()])
+        # referred to by a variable, a cursor or a weak reference: never made anew
+        for keep in ("variable", "cursor", "weak reference"):
+            with pool.connection() as conn:
+                cursor = conn.execute("SELECT 1")
+            old = id(conn)
+            kept: Any = conn if keep == "variable" else cursor if keep == "cursor" else None
+            weak = weakref.ref(conn) if keep == "weak reference" else None
+            del conn, cursor
+            for _ in range(SPARE_CLIENTS + 2):
+                with pool.connection() as other:
+                    assert id(other) != old, keep
+                    assert other.execute("SELECT 1").fetchone() == (1,)
+                del other
+            if keep == "variable":
+                assert kept.closed
+            elif keep == "cursor":
+                assert kept.connection.closed
+                with pytest.raises(psycopg.OperationalError, match="closed"):
+                    kept.execute("SELECT 1")
+            assert weak is None or weak() is None or weak().closed  # type: ignore[union-attr]
+        assert pool.stats().clients_open == 0
+
+
+def test_block_connections_made_anew_across_threads_are_never_shared(dsn: str, app: str) -> None:
+    """Threads in loops of ``with pool.connection() as conn`` (each keeping its last one in
+    its variable) over fewer server connections: a connection object made anew is never in
+    two blocks at once, and many are made anew."""
+    in_block: set[int] = set()
+    lock = threading.Lock()
+
+    def work(i: int) -> None:
+        for _ in range(300):
+            with pool.connection() as conn:
+                with lock:
+                    assert id(conn) not in in_block
+                    in_block.add(id(conn))
+                assert conn.execute("SELECT %s", [i]).fetchone() == (i,)
+                with lock:
+                    in_block.discard(id(conn))
+
+    with make_pool(dsn, app, min_size=3, max_size=3) as pool:
+        made = []
+        new_client = pool._new_client
+
+        def counted(timeout: float | None) -> Any:
+            made.append(1)
+            return new_client(timeout)
+
+        pool._new_client = counted  # type: ignore[method-assign]
+        run_in_threads(work, 6)
+        assert pool.stats().clients_open == 0
+    assert len(made) < 6 * 300 // 2
+
+
+def test_transaction_mode_block_connections_are_not_made_anew(dsn: str, app: str) -> None:
+    with make_pool(dsn, app, min_size=1, max_size=1, mode="transaction") as pool:
+        for _ in range(3):
+            with pool.connection() as conn:
+                conn.execute("SELECT 1")
+        assert not pool._spare_clients
 
 
 # -- connect(): the client API ----------------------------------------------------------------

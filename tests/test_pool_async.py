@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -27,6 +28,7 @@ from pgpoolkit import (
     PoolTimeout,
     TooManyRequests,
 )
+from pgpoolkit._psycopg import SPARE_CLIENTS
 
 Admin = psycopg.Connection[tuple[Any, ...]]
 AConn = psycopg.AsyncConnection[Any]
@@ -80,6 +82,63 @@ async def fetch1(conn: AsyncPooledConnection | AConn, query: str) -> Any:
 
 
 # -- connection(): the block ------------------------------------------------------------------
+
+
+class _Marker:
+    """A type no connection can adapt, but one whose user registered a dumper for it."""
+
+
+async def test_a_block_connection_is_made_anew_once_nothing_refers_to_it(
+    dsn: str, app: str
+) -> None:
+    """As the threaded pool's test of the same name: a closed connection of an earlier block
+    is made anew only when nothing refers to it, and keeps nothing of its last user's."""
+    async with make_pool(dsn, app, min_size=1, max_size=1) as pool:
+
+        async def block_id() -> int:
+            async with pool.connection() as conn:
+                await conn.set_autocommit(True)
+                await conn.set_read_only(True)
+                conn.row_factory = dict_row  # type: ignore[assignment]
+                conn.prepare_threshold = None
+                conn.add_notice_handler(lambda diag: None)
+                conn.adapters.register_dumper(_Marker, psycopg.types.string.StrDumper)
+                conn.mine = "set by its user"  # type: ignore[attr-defined]
+                assert await (await conn.execute("SELECT 1")).fetchone() == {"?column?": 1}
+                return id(conn)
+
+        first = await block_id()
+        assert [id(c) for c in pool._spare_clients] == [first]  # kept: nothing refers to it
+        assert await block_id() == first  # (alive meanwhile: nothing new can have its id)
+        async with pool.connection() as conn:
+            assert id(conn) == first
+            assert (conn.autocommit, conn.read_only) == (False, None)
+            assert conn.row_factory is psycopg.rows.tuple_row
+            assert conn.prepare_threshold == 5
+            assert not conn._notice_handlers
+            assert not hasattr(conn, "mine")
+            with pytest.raises(psycopg.ProgrammingError, match="cannot adapt"):
+                await conn.execute("SELECT %s", [_Marker()])
+        for keep in ("variable", "cursor", "weak reference"):
+            async with pool.connection() as conn:
+                cursor = await conn.execute("SELECT 1")
+            old = id(conn)
+            kept: Any = conn if keep == "variable" else cursor if keep == "cursor" else None
+            weak = weakref.ref(conn) if keep == "weak reference" else None
+            del conn, cursor
+            for _ in range(SPARE_CLIENTS + 2):
+                async with pool.connection() as other:
+                    assert id(other) != old, keep
+                    assert await fetch1(other, "SELECT 1") == 1
+                del other
+            if keep == "variable":
+                assert kept.closed
+            elif keep == "cursor":
+                assert kept.connection.closed
+                with pytest.raises(psycopg.OperationalError, match="closed"):
+                    await kept.execute("SELECT 1")
+            assert weak is None or weak() is None or weak().closed  # type: ignore[union-attr]
+        assert pool.stats().clients_open == 0
 
 
 async def test_connection_block_commits_and_rolls_back(

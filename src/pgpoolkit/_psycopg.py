@@ -10,12 +10,12 @@ fails loudly on a psycopg release that moved any of them (supported: psycopg 3.2
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import deque
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, NoReturn
-from weakref import ref
 
 import psycopg
 from psycopg import BaseConnection
@@ -27,8 +27,11 @@ if TYPE_CHECKING:
     from psycopg.pq.abc import PGconn
 
 __all__ = [
+    "ALONE",
+    "CAN_RENEW",
     "FORKED",
     "RETURNED",
+    "SPARE_CLIENTS",
     "UNOPENED",
     "BetweenTransactions",
     "ClientPrototype",
@@ -366,6 +369,39 @@ class ClientPrototype:
             setattr(client, name, value)
         return client
 
+    def renew(self, client: Any) -> None:
+        """Make a closed client of this prototype's class as new (``new()``), in place: what
+        its user set on it (settings, factories, adapters, handlers, attributes of its own)
+        is gone; its handler lists and lock are kept if empty and free."""
+        fields = client.__dict__
+        notice, notify = fields["_notice_handlers"], fields["_notify_handlers"]
+        lock = fields["lock"]
+        fields.clear()
+        fields.update(self.state)
+        fields["_notice_handlers"] = [] if notice else notice
+        fields["_notify_handlers"] = [] if notify else notify
+        fields["lock"] = self.lock_type() if lock.locked() else lock
+        for name, value in self.slots:
+            setattr(client, name, value)
+
+
+def _refs_of_a_lone_local() -> int:
+    spares = deque([object()])
+    client = spares.popleft()
+    return sys.getrefcount(client)
+
+
+#: what ``sys.getrefcount()`` says of an object that one local variable alone refers to, as
+#: this interpreter counts (measured with the code of the pool's ``_spare_client``): a closed
+#: client is made anew only if nothing else refers to it
+ALONE = _refs_of_a_lone_local()
+#: reference counts tell who refers to an object: CPython, with the GIL (a free-threaded build
+#: makes no client anew)
+CAN_RENEW = sys.implementation.name == "cpython" and getattr(sys, "_is_gil_enabled", lambda: True)()
+#: closed clients a pool keeps to make anew (enough for a thread or task each that keeps its
+#: last one in a variable, as a loop of ``with pool.connection() as conn`` does)
+SPARE_CLIENTS = 8
+
 
 def _client_notify_handler(wself: Any, pgn: Any) -> None:
     client = wself()
@@ -383,7 +419,7 @@ def attach(client: BaseConnection[Any], server: BaseConnection[Any]) -> None:
     client._prepared = server._prepared
     handlers = getattr(client, "_pgpoolkit_handlers", None)
     if handlers is None:  # made once per client, as psycopg makes them once per connection
-        wself = ref(client)
+        wself = client._ref  # type: ignore[attr-defined]  # (its own: see _own_weakref)
         handlers = client._pgpoolkit_handlers = (  # type: ignore[attr-defined]
             partial(BaseConnection._notice_handler, wself),
             partial(_client_notify_handler, wself),

@@ -116,7 +116,7 @@ class AsyncPooledConnection(AsyncConnection[Row]):
     _transactions: int
     #: its notice and notify callbacks, set on the server connection it binds (_psycopg.attach)
     _pgpoolkit_handlers: tuple[Any, Any]
-    #: the pool's weak reference to it (its entry in pool._clients), once opened
+    #: its own weak reference: its entry in pool._clients (once opened), its handlers'
     _ref: weakref.ref[AsyncPooledConnection[Any]]
     #: holding a parked server connection (only a transaction-mode client parks one)
     _parked: bool = False
@@ -128,12 +128,24 @@ class AsyncPooledConnection(AsyncConnection[Row]):
         if prototype is None and ClientPrototype.applies_to(cls, AsyncConnection):
             prototype = _prototypes[cls] = ClientPrototype(cls, _FACTORY_SLOTS)
         self = cls(UNOPENED) if prototype is None else prototype.new(cls)
+        self._ref = weakref.ref(self, _own_weakref)
+        self._join(pool, timeout)
+        return self
+
+    def _renew(self, pool: AsyncPool, timeout: float | None) -> None:
+        """Made anew for ``pool.connection()``: a closed client nothing refers to any more
+        (``pool._spare_client()``), as if ``_for_pool()`` had made it."""
+        _prototypes[type(self)].renew(self)
+        self._join(pool, timeout)
+
+    def _join(self, pool: AsyncPool, timeout: float | None) -> None:
+        """Become an unopened client of ``pool``."""
         mark_closed(self, True)  # not "broken": closed until opened
         self._released = False
         self._owner = pool
         # psycopg's mark of a connection that belongs to a pool (what psycopg_pool sets):
         # libraries look at it; psycopg's own uses of it (close(), __exit__) are overridden
-        self._pool = pool
+        self._pool = cast(Any, pool)
         self._adapters_from = global_adapters
         self._box = []
         self._timeout = timeout
@@ -141,7 +153,6 @@ class AsyncPooledConnection(AsyncConnection[Row]):
         self._rules = ClientRules(pool.policy, pool._answers, pool._slots is not None)
         self._chosen_prepared = None
         self._statements = self._transactions = 0
-        return self
 
     @property
     def adapters(self) -> AdaptersMap:
@@ -369,6 +380,8 @@ class AsyncPooledConnection(AsyncConnection[Row]):
             raise
         finally:
             pool._clients.pop(id(self), None)
+        if slot is not None and type(self) is pool._spare_class:
+            pool._spare_clients.append(self)  # made anew for a connection() block, if unused
 
     def _take_slot(self, standin: Any) -> Slot[AsyncConnection[Any]] | None:
         """Claim the bound server connection (one pop: whichever thread claims it first) and
@@ -427,6 +440,12 @@ class AsyncPooledConnection(AsyncConnection[Row]):
                     pool._parked_clients.pop(id(self), None)
         if box:  # (parked, it is clean and idle: reused)
             pool._client_lost(box[0], self._rules.pinned, self._parked)
+
+
+def _own_weakref(ref: object) -> None:
+    """The callback of a client's own weak reference (``_ref``). It does nothing, but a weak
+    reference with a callback is never the one ``weakref.ref(client)`` returns elsewhere, so
+    the pool can count the weak references that others hold (``pool._spare_client``)."""
 
 
 class ClientStart(NamedTuple):

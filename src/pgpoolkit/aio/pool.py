@@ -14,12 +14,15 @@ import os
 import random
 import traceback
 import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import replace
 from inspect import isawaitable  # async-only
+from sys import getrefcount
 from time import monotonic
 from types import TracebackType
 from typing import Any
+from weakref import getweakrefcount
 
 from psycopg import AsyncConnection  # sync: from psycopg import Connection
 from psycopg import errors as e
@@ -53,7 +56,11 @@ from .._config import (
 from .._core import PoolCore, Slot
 from .._probe import is_alive, make_probe
 from .._psycopg import (
+    ALONE,
+    CAN_RENEW,
+    SPARE_CLIENTS,
     BetweenTransactions,
+    ClientPrototype,
     attach,
     drop_client_handlers,
     forget_prepared,
@@ -194,6 +201,9 @@ class AsyncPool:
         self._template_start: ClientStart | None = None
         #: what transaction-mode clients hold between transactions (made with the template)
         self._between: Any = None
+        #: closed clients to make anew for connection() blocks, once nothing refers to them
+        #: (_spare_client): the oldest first
+        self._spare_clients: deque[AsyncPooledConnection[Any]] = deque(maxlen=SPARE_CLIENTS)
         self._use_policy(self.policy)
         #: an overcommitted PoolManager's budget, shared with the sibling pools (None: alone)
         self._shared_budget: SharedBudget | None = None
@@ -259,6 +269,16 @@ class AsyncPool:
             self.connection_class,
             AsyncPooledConnection if self._session_clients else AsyncTransactionModeConnection,
         )
+        #: the class of the clients connection() may make anew (_spare_client): copies of a
+        #: prototype (_psycopg.ClientPrototype), in session mode; None: none
+        self._spare_class = (
+            self._client_class
+            if self._session_clients
+            and CAN_RENEW
+            and ClientPrototype.applies_to(self._client_class, AsyncConnection)
+            else None
+        )
+        self._spare_clients.clear()
         if self._between is not None:
             self._between.mode = policy.name
 
@@ -282,6 +302,7 @@ class AsyncPool:
             client._forget_after_fork()
         self._clients = {}
         self._parked_clients = {}
+        self._spare_clients.clear()
         self._lent = {}
         self._core = PoolCore(self._config)
         self._deadlines = ADeadlines(self._core.waiters)
@@ -411,6 +432,7 @@ class AsyncPool:
             for waiter in self._core.close():
                 waiter.wake()
             self._deadlines.cancel()
+            self._spare_clients.clear()
         await self._reclaim(every=True)
         self._closing.set()
         await self._do_work()
@@ -538,7 +560,30 @@ class AsyncPool:
         """A pooled connection for an ``async with`` block: committed at the end of the block,
         rolled back if it raises, then returned to the pool. (It opens on entering the
         block, where ``timeout`` applies.)"""
+        if self._spare_clients:
+            client = self._spare_client()
+            if client is not None:
+                client._renew(self, None if timeout is None else check_timeout(timeout))
+                return client
         return self._new_client(timeout)
+
+    def _spare_client(self) -> AsyncPooledConnection[Any] | None:
+        """A client closed at the end of a block, to make anew, if nothing refers to it any
+        more (no variable, cursor or weak reference of anyone's: no old reference reaches the
+        new client). The oldest two are looked at; one still referred to waits for a later
+        call (a loop's variable refers to the last one until the next block opens)."""
+        spares = self._spare_clients
+        try:
+            client = spares.popleft()
+            if getrefcount(client) != ALONE or getweakrefcount(client) != 1:  # (1: its _ref)
+                spares.append(client)
+                client = spares.popleft()
+                if getrefcount(client) != ALONE or getweakrefcount(client) != 1:
+                    spares.append(client)
+                    return None
+        except IndexError:  # (another thread took the last one)
+            return None
+        return client
 
     async def connect(self, timeout: float | None = None) -> AsyncPooledConnection[Any]:
         """A pooled connection, held until its ``close()``: a drop-in for
@@ -569,9 +614,9 @@ class AsyncPool:
                         f"max_clients={self.max_clients} are open. Close the clients you are "
                         "done with, or raise max_clients"
                     )
-                self._clients[id(client)] = client._ref = weakref.ref(client)
+                self._clients[id(client)] = client._ref
         else:
-            self._clients[id(client)] = client._ref = weakref.ref(client)
+            self._clients[id(client)] = client._ref
         try:
             cls, policy = type(client), client._rules.policy  # (as the pool was when it made it)
             if self._session_clients:
