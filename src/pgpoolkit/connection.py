@@ -382,7 +382,7 @@ class PooledConnection(Connection[Row]):
             raise
         finally:
             pool._clients.pop(id(self), None)
-        if slot is not None and type(self) is pool._spare_class:
+        if slot is not None and type(self) is pool._spare_class and not pool._core.closed:
             pool._spare_clients.append(self)  # made anew for a connection() block, if unused
 
     def _take_slot(self, standin: Any) -> Slot[Connection[Any]] | None:
