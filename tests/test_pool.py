@@ -28,8 +28,16 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import dict_row
 
 from conftest import run_in_threads, server_connections
-from pgpoolkit import AsyncPool, Pool, PoolClosed, PooledConnection, PoolTimeout, TooManyRequests
-from pgpoolkit._psycopg import SPARE_CLIENTS
+from pgpoolkit import (
+    AsyncPool,
+    ClientState,
+    Pool,
+    PoolClosed,
+    PooledConnection,
+    PoolTimeout,
+    TooManyRequests,
+)
+from pgpoolkit._psycopg import SPARE_CLIENTS, ClientPrototype
 from pgpoolkit.testing import TemporaryPostgres
 
 Admin = psycopg.Connection[tuple[Any, ...]]
@@ -188,7 +196,9 @@ def test_a_block_connection_is_made_anew_once_nothing_refers_to_it(dsn: str, app
         assert pool.stats().clients_open == 0
 
 
-def test_block_connections_made_anew_across_threads_are_never_shared(dsn: str, app: str) -> None:
+def test_block_connections_made_anew_across_threads_are_never_shared(
+    dsn: str, app: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Threads in loops of ``with pool.connection() as conn`` (each keeping its last one in
     its variable) over fewer server connections: a connection object made anew is never in
     two blocks at once, and many are made anew."""
@@ -205,26 +215,46 @@ def test_block_connections_made_anew_across_threads_are_never_shared(dsn: str, a
                 with lock:
                     in_block.discard(id(conn))
 
+    made = []
+    new = ClientPrototype.new
+
+    def counted(prototype: ClientPrototype, cls: type[Any]) -> Any:
+        made.append(1)
+        return new(prototype, cls)
+
+    monkeypatch.setattr(ClientPrototype, "new", counted)
     with make_pool(dsn, app, min_size=3, max_size=3) as pool:
-        made = []
-        new_client = pool._new_client
-
-        def counted(timeout: float | None) -> Any:
-            made.append(1)
-            return new_client(timeout)
-
-        pool._new_client = counted  # type: ignore[method-assign]
         run_in_threads(work, 6)
         assert pool.stats().clients_open == 0
     assert len(made) < 6 * 300 // 2
 
 
-def test_transaction_mode_block_connections_are_not_made_anew(dsn: str, app: str) -> None:
-    with make_pool(dsn, app, min_size=1, max_size=1, mode="transaction") as pool:
-        for _ in range(3):
-            with pool.connection() as conn:
-                conn.execute("SELECT 1")
-        assert not pool._spare_clients
+def test_a_transaction_mode_client_made_anew_keeps_nothing(dsn: str, app: str) -> None:
+    """A transaction-mode client closed and made anew (here through connect()) keeps nothing of
+    its last user's: not the plain SET it replayed on each server connection, not its
+    settings, not the server connection it parked."""
+    kwargs = {"application_name": app, "autocommit": True}
+    with Pool(dsn, kwargs=kwargs, mode="transaction", min_size=1, max_size=1) as pool:
+
+        def client_id() -> int:
+            conn = pool.connect()
+            conn.execute("SET work_mem = '8MB'")  # kept by the client, not pinned
+            conn.read_only = True
+            assert conn.execute("SHOW work_mem").fetchone() == ("8MB",)
+            assert conn.state is ClientState.IDLE  # its server connection parked
+            ident = id(conn)
+            conn.close()
+            return ident
+
+        first = client_id()
+        assert [id(c) for c in pool._spare_clients] == [first]
+        conn = pool.connect()
+        assert id(conn) == first
+        assert (conn.autocommit, conn.read_only, conn.state) == (True, None, ClientState.IDLE)
+        assert not conn._wanted
+        assert conn.execute("SHOW work_mem").fetchone() == ("4MB",)
+        conn.close()
+        assert pool.stats().clients_open == 0
 
 
 # -- connect(): the client API ----------------------------------------------------------------

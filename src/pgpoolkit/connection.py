@@ -135,8 +135,8 @@ class PooledConnection(Connection[Row]):
         return self
 
     def _renew(self, pool: Pool, timeout: float | None) -> None:
-        """Made anew for ``pool.connection()``: a closed client nothing refers to any more
-        (``pool._spare_client()``), as if ``_for_pool()`` had made it."""
+        """Made anew for ``pool.connection()`` or ``connect()``: a closed client nothing refers
+        to any more (``pool._spare_client()``), as if ``_for_pool()`` had made it."""
         _prototypes[type(self)].renew(self)
         self._join(pool, timeout)
 
@@ -382,8 +382,8 @@ class PooledConnection(Connection[Row]):
             raise
         finally:
             pool._clients.pop(id(self), None)
-        if slot is not None and type(self) is pool._spare_class and not pool._core.closed:
-            pool._spare_clients.append(self)  # made anew for a connection() block, if unused
+        if type(self) is pool._spare_class and not pool._core.closed:
+            pool._spare_clients.append(self)  # to be made anew, once nothing refers to it
 
     def _take_slot(self, standin: Any) -> Slot[Connection[Any]] | None:
         """Claim the bound server connection (one pop: whichever thread claims it first) and

@@ -265,13 +265,11 @@ class Pool:
             self.connection_class,
             PooledConnection if self._session_clients else TransactionModeConnection,
         )
-        #: the class of the clients connection() may make anew (_spare_client): copies of a
-        #: prototype (_psycopg.ClientPrototype), in session mode; None: none
+        #: the class of the closed clients made anew (_spare_client): copies of a prototype
+        #: (_psycopg.ClientPrototype); None: none
         self._spare_class = (
             self._client_class
-            if self._session_clients
-            and CAN_RENEW
-            and ClientPrototype.applies_to(self._client_class, Connection)
+            if CAN_RENEW and ClientPrototype.applies_to(self._client_class, Connection)
             else None
         )
         self._spare_clients.clear()
@@ -555,18 +553,13 @@ class Pool:
         """A pooled connection for an ``with`` block: committed at the end of the block,
         rolled back if it raises, then returned to the pool. (It opens on entering the
         block, where ``timeout`` applies.)"""
-        if self._spare_clients:
-            client = self._spare_client()
-            if client is not None:
-                client._renew(self, None if timeout is None else check_timeout(timeout))
-                return client
         return self._new_client(timeout)
 
     def _spare_client(self) -> PooledConnection[Any] | None:
-        """A client closed at the end of a block, to make anew, if nothing refers to it any
-        more (no variable, cursor or weak reference of anyone's: no old reference reaches the
-        new client). The oldest two are looked at; one still referred to waits for a later
-        call (a loop's variable refers to the last one until the next block opens)."""
+        """A closed client to make anew, if nothing refers to it any more (no variable, cursor
+        or weak reference of anyone's: no old reference reaches the new client). The oldest two
+        are looked at; one still referred to waits for a later call (a loop of ``with
+        pool.connection() as conn`` refers to its last one until the next block opens)."""
         spares = self._spare_clients
         try:
             client = spares.popleft()
@@ -592,8 +585,15 @@ class Pool:
         return client
 
     def _new_client(self, timeout: float | None) -> PooledConnection[Any]:
+        """An unopened client: a closed one made anew if one is free (_spare_client), or a new
+        one."""
         if timeout is not None:  # it bounds every bind of a transaction-mode client: now
             timeout = check_timeout(timeout)
+        if self._spare_clients:
+            client = self._spare_client()
+            if client is not None:
+                client._renew(self, timeout)
+                return client
         return self._client_class._for_pool(self, timeout)
 
     def _open_client(self, client: Client, timeout: float | None) -> None:

@@ -111,10 +111,8 @@ class TransactionModeConnection(PooledConnection[Row]):
     #: release deferred while no request waits; the pool may take it back (under _state_lock)
     _parked: bool
 
-    @classmethod
-    def _for_pool(cls, pool: Pool, timeout: float | None) -> PooledConnection[Any]:
-        self = super()._for_pool(pool, timeout)
-        assert isinstance(self, TransactionModeConnection)
+    def _join(self, pool: Pool, timeout: float | None) -> None:
+        super()._join(pool, timeout)
         self._state_lock = Lock()
         self._bind_lock = BindLock()
         self._guard = Guard() if pool.idle_in_transaction_timeout else NO_GUARD
@@ -124,7 +122,6 @@ class TransactionModeConnection(PooledConnection[Row]):
         self._wanted = {}
         self._replay = None
         self._parked = False
-        return self
 
     def _opened(self, start: ClientStart) -> None:
         super()._opened(start)

@@ -109,10 +109,8 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
     #: release deferred while no request waits; the pool may take it back (under _state_lock)
     _parked: bool
 
-    @classmethod
-    def _for_pool(cls, pool: AsyncPool, timeout: float | None) -> AsyncPooledConnection[Any]:
-        self = super()._for_pool(pool, timeout)
-        assert isinstance(self, AsyncTransactionModeConnection)
+    def _join(self, pool: AsyncPool, timeout: float | None) -> None:
+        super()._join(pool, timeout)
         self._state_lock = ALock()
         self._bind_lock = ABindLock()
         self._guard = AGuard() if pool.idle_in_transaction_timeout else NO_GUARD
@@ -122,7 +120,6 @@ class AsyncTransactionModeConnection(AsyncPooledConnection[Row]):
         self._wanted = {}
         self._replay = None
         self._parked = False
-        return self
 
     def _opened(self, start: ClientStart) -> None:
         super()._opened(start)
