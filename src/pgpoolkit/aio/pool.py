@@ -201,8 +201,8 @@ class AsyncPool:
         self._template_start: ClientStart | None = None
         #: what transaction-mode clients hold between transactions (made with the template)
         self._between: Any = None
-        #: closed clients to make anew for connection() blocks, once nothing refers to them
-        #: (_spare_client): the oldest first
+        #: closed clients to make anew for connection() and connect(), once nothing refers to
+        #: them (_spare_client): the oldest first
         self._spare_clients: deque[AsyncPooledConnection[Any]] = deque(maxlen=SPARE_CLIENTS)
         self._use_policy(self.policy)
         #: an overcommitted PoolManager's budget, shared with the sibling pools (None: alone)
