@@ -45,6 +45,12 @@ def pid(conn: Any) -> int:
     return int(row[0])
 
 
+async def apid(conn: Any) -> int:
+    row = await (await conn.execute("SELECT pg_backend_pid()")).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
 def test_a_client_keeps_its_server_connection_between_transactions(dsn: str, app: str) -> None:
     with make_pool(dsn, app, min_size=2, max_size=2) as pool:
         pool.wait()
@@ -383,11 +389,6 @@ def test_threads_under_pause_drain_and_resize_never_share_a_backend(dsn: str, ap
 async def test_tasks_sharing_few_connections_never_share_one(dsn: str, app: str) -> None:
     in_transaction: dict[int, int] = {}
 
-    async def apid(conn: Any) -> int:
-        cur = await conn.execute("SELECT pg_backend_pid()")
-        row = await cur.fetchone()
-        return int(row[0])
-
     async with AsyncPool(
         dsn,
         mode="transaction",
@@ -423,10 +424,6 @@ async def test_tasks_under_pause_drain_and_resize_never_share_a_backend(dsn: str
     connections, while the pool pauses, drains and resizes."""
     held: dict[int, object] = {}
     stop = time.monotonic() + 3.0
-
-    async def apid(conn: Any) -> int:
-        row = await (await conn.execute("SELECT pg_backend_pid()")).fetchone()
-        return int(row[0])
 
     async with AsyncPool(
         dsn,
